@@ -1,0 +1,74 @@
+"""The one entry point: ``medtraverse <stage> ...``.
+
+Each stage lives in its own module, which defines ``add_arguments(parser)`` and ``main(args)``.
+Only the chosen stage's module is imported, so ``medtraverse synth`` does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from medtraverse.errors import InputError
+
+STAGES: dict[str, tuple[str, str]] = {
+    "synth": ("medtraverse.synth", "write a synthetic twin of CheXpert or ISIC 2019"),
+    "prepare": ("medtraverse.prepare", "build the manifest (splits, prompts, labels, resized images)"),
+    "build-base": ("medtraverse.models", "build the tiny base pipeline, or check a real SD folder"),
+    "train-vae": ("medtraverse.vae", "train the tiny base's VAE (demo only)"),
+    "cache": ("medtraverse.cache", "encode training images and prompts once with the frozen encoders"),
+    "finetune": ("medtraverse.finetune", "fine-tune the U-Net (accelerate, checkpoints, resume)"),
+    "sample-grid": ("medtraverse.samples", "neutral vs attribute samples from the same seeds"),
+    "traverse": ("medtraverse.traverse", "generate one shard of swap trajectories and Bezier frames"),
+    "train-classifier": ("medtraverse.classify", "train an EfficientNet-B0 attribute classifier"),
+    "score": ("medtraverse.score", "classifier probabilities for every generated image of a shard"),
+    "aggregate": ("medtraverse.aggregate", "CFRT, LPIPS, cosine, t-SNE, FID with bootstrap CIs"),
+    "figures": ("medtraverse.figures", "traversal grids, Bezier strips and metric plots"),
+    "provenance": ("medtraverse.provenance", "print an artifact's provenance chain"),
+    "submit": ("medtraverse.submit", "run one stage as a one-off SLURM job (submitit)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: medtraverse <stage> [options]", "", "stages:"]
+    lines += [f"  {name:<17} {help_}" for name, (_, help_) in STAGES.items()]
+    lines += ["", "Run 'medtraverse <stage> --help' for a stage's options."]
+    return "\n".join(lines)
+
+
+def build_parser(stage: str) -> argparse.ArgumentParser:
+    """The argument parser of one stage (imports that stage's module)."""
+    module_name, help_ = STAGES[stage]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"medtraverse {stage}", description=help_)
+    module.add_arguments(parser)
+    parser.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run the stage, and turn bad input into one line and exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0 if argv else 2
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES:
+        print(
+            f"medtraverse: error: unknown stage {stage!r}; expected one of {', '.join(STAGES)}",
+            file=sys.stderr,
+        )
+        return 2
+    parser = build_parser(stage)
+    args = parser.parse_args(rest)
+    try:
+        args._main(args)
+    except InputError as err:
+        print(f"medtraverse {stage}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
