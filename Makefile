@@ -1,0 +1,61 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up .venv first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo demo-isic test test-fast lint format slurm-start slurm-stop report clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+## demo: the whole DAG on the CheXpert twin (config/demo.yaml), then the report
+demo: install
+	snakemake --profile profiles/local --configfile config/demo.yaml
+	snakemake --profile profiles/local --configfile config/demo.yaml --report results/demo/report.html
+	@echo "Report: $(CURDIR)/results/demo/report.html"
+
+## demo-isic: the same on the ISIC twin (config/demo-isic.yaml)
+demo-isic: install
+	snakemake --profile profiles/local --configfile config/demo-isic.yaml
+	snakemake --profile profiles/local --configfile config/demo-isic.yaml --report results/demo-isic/report.html
+	@echo "Report: $(CURDIR)/results/demo-isic/report.html"
+
+## test: lint, then the whole test suite, with a local SLURM cluster when this machine can start one
+test: install lint
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then scripts/slurm-start.sh; \
+	  else echo "not root: SLURM tests will be skipped"; fi
+	set -o pipefail; status=0; $(VENV)/bin/pytest -q --durations=15 || status=$$?; \
+	  if [ -f .slurm-started-by-make ]; then scripts/slurm-stop.sh; fi; exit $$status
+
+## test-fast: unit tests only (no workflow runs, no SLURM)
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow and not slurm"
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+	snakemake --lint --configfile config/demo.yaml > /dev/null
+
+format: install
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/snakefmt Snakefile workflow/rules
+
+slurm-start:
+	scripts/slurm-start.sh
+
+slurm-stop:
+	scripts/slurm-stop.sh
+
+clean:
+	rm -rf results/demo results/demo-isic results/smoke .snakemake

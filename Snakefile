@@ -1,0 +1,34 @@
+"""medtraverse: language-guided latent traversal of fine-tuned Stable Diffusion for medical images.
+
+Run the demo with `make demo`; the paper with `snakemake --profile profiles/slurm`
+(config/config.yaml); see README.md.
+"""
+
+from snakemake.utils import min_version, validate
+
+from medtraverse.config import check_config
+
+min_version("9.0")
+
+
+configfile: "config/demo.yaml"
+
+
+check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")  # one line
+validate(config, "workflow/schemas/config.schema.yaml")  # fills in the defaults
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/traverse.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

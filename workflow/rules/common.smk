@@ -1,0 +1,273 @@
+"""Helpers shared by the rule files: paths, per-dataset config sections, shards, targets."""
+
+import json
+import math
+from pathlib import Path
+
+RESULTS = f"{config['results']}/{config['run']}"
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+SRC = Path(workflow.basedir) / "src" / "medtraverse"
+
+
+wildcard_constraints:
+    dataset="chexpert|isic",
+    trajectory="[a-z0-9_]+",
+    classifier="[a-z0-9_]+",
+    shard=r"\d{4}",
+
+
+def dataset_config(wildcards):
+    """The config section of the job's dataset."""
+    return config["datasets"][wildcards.dataset]
+
+
+def as_json(value):
+    """Canonical JSON, so equal config gives equal params and no spurious reruns."""
+    return json.dumps(value, sort_keys=True)
+
+
+def section(name, default=None):
+    """A params function returning one config section of the job's dataset as JSON."""
+
+    def params(wildcards):
+        return as_json(
+            dataset_config(wildcards).get(name, {} if default is None else default)
+        )
+
+    return params
+
+
+def source_files(*names):
+    """The stage's own source modules: rule inputs, so editing a stage reruns only its jobs."""
+    files = []
+    for name in names:
+        path = SRC / name
+        files += (
+            sorted(str(p) for p in path.glob("*.py")) if path.is_dir() else [str(path)]
+        )
+    return files
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def is_synthetic(dataset):
+    return config["datasets"][dataset]["source"]["kind"] == "synthetic"
+
+
+def raw_root(wildcards):
+    """Where the raw dataset lives: the synthetic twin's folder or the user's copy."""
+    if is_synthetic(wildcards.dataset):
+        return f"{RESULTS}/data/{wildcards.dataset}/raw"
+    return dataset_config(wildcards)["source"]["root"]
+
+
+def raw_input(wildcards):
+    """The raw tables prepare reads (so a changed CSV reruns preparation)."""
+    if is_synthetic(wildcards.dataset):
+        return [f"{RESULTS}/data/{wildcards.dataset}/raw"]
+    src = dataset_config(wildcards)["source"]
+    if wildcards.dataset == "isic":
+        tables = [
+            f"{src['root']}/ISIC_2019_Training_GroundTruth.csv",
+            src.get("artifacts", ""),
+        ]
+    else:
+        prep = dataset_config(wildcards).get("prepare", {})
+        folder = prep.get("dataset_dir", "CheXpert-v1.0-small")
+        tables = [
+            f"{src['root']}/{folder}/{name}" for name in ("train.csv", "valid.csv")
+        ]
+    # Tables not there (a dry run away from the data) are left to prepare, which names them.
+    return [t for t in tables if t and Path(t).exists()]
+
+
+def artifacts_table(wildcards):
+    """ISIC's artifact table: the user's, or the twin's (flags, or soft scores with 'soft')."""
+    src = dataset_config(wildcards)["source"]
+    if not is_synthetic(wildcards.dataset):
+        return src.get("artifacts", "")
+    name = "isic_bias_soft.csv" if src.get("artifacts") == "soft" else "isic_bias.csv"
+    return f"{RESULTS}/data/isic/raw/{name}"
+
+
+def synth_params(wildcards):
+    src = dataset_config(wildcards)["source"]
+    return {
+        "n": src.get("n", 1000),
+        "size": src.get("size", 64),
+        "seed": src.get("seed", 0),
+    }
+
+
+def prepare_params(wildcards):
+    return as_json(
+        {"seed": config["seed"], **dataset_config(wildcards).get("prepare", {})}
+    )
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def base_is_tiny(dataset):
+    return config["datasets"][dataset].get("model", {}).get("base", "tiny") == "tiny"
+
+
+def base_pipeline(wildcards):
+    """The pipeline fine-tuning starts from: the tiny base with its trained VAE, or the real base."""
+    if base_is_tiny(wildcards.dataset):
+        return f"{RESULTS}/models/{wildcards.dataset}/base-vae"
+    return f"{RESULTS}/models/{wildcards.dataset}/base"
+
+
+def base_params(wildcards):
+    model = dataset_config(wildcards).get("model", {})
+    return as_json(
+        {
+            "base": model.get("base", "tiny"),
+            "seed": config["seed"],
+            **model.get("tiny", {}),
+        }
+    )
+
+
+def vae_params(wildcards):
+    return as_json(
+        {
+            "seed": config["seed"],
+            **dataset_config(wildcards).get("model", {}).get("vae", {}),
+        }
+    )
+
+
+def finetune_params(wildcards):
+    params = dict(dataset_config(wildcards).get("finetune", {}))
+    params.pop("gpus", None)
+    return as_json({"seed": config["seed"], **params})
+
+
+def finetune_gpus(wildcards):
+    return dataset_config(wildcards).get("finetune", {}).get("gpus", 1)
+
+
+def launcher(wildcards, resources):
+    """`accelerate launch` across the job's GPUs when it has more than one, else a plain call."""
+    gpus = int(getattr(resources, "gpu", 0) or 0)
+    if gpus > 1:
+        return f"accelerate launch --num_processes {gpus} -m medtraverse"
+    return "medtraverse"
+
+
+# --- traversal --------------------------------------------------------------------------------
+
+
+def seed_config(dataset):
+    return config["datasets"][dataset]["traverse"]["seeds"]
+
+
+def shards(dataset):
+    """Shard ids of a dataset: contiguous seed ranges of `shard_size`."""
+    seeds = seed_config(dataset)
+    return [
+        f"{i:04d}"
+        for i in range(math.ceil(seeds["count"] / seeds.get("shard_size", 250)))
+    ]
+
+
+def shard_seeds(wildcards):
+    """(first seed, number of seeds) of the job's shard."""
+    seeds = seed_config(wildcards.dataset)
+    size = seeds.get("shard_size", 250)
+    first = int(wildcards.shard) * size
+    return seeds.get("start", 0) + first, min(size, seeds["count"] - first)
+
+
+def seed_start(wildcards):
+    return shard_seeds(wildcards)[0]
+
+
+def seed_count(wildcards):
+    return shard_seeds(wildcards)[1]
+
+
+def trajectory(wildcards):
+    return dataset_config(wildcards)["traverse"]["trajectories"][wildcards.trajectory]
+
+
+def traverse_params(wildcards):
+    """Sampler settings plus the trajectory's prompts: passed as JSON, never raw to a shell."""
+    traj = trajectory(wildcards)
+    params = dict(dataset_config(wildcards)["traverse"].get("params", {}))
+    params.update(neutral=traj["neutral"], attribute=traj["attribute"])
+    return as_json(params)
+
+
+def trajectories(dataset):
+    return list(config["datasets"][dataset]["traverse"]["trajectories"])
+
+
+def shard_dirs(dataset, trajectory_name):
+    return [
+        f"{RESULTS}/traversals/{dataset}/{trajectory_name}/shard-{s}"
+        for s in shards(dataset)
+    ]
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+def classifier_models(dataset):
+    return config["datasets"][dataset].get("classifiers", {}).get("models", {})
+
+
+def classifier_attributes(wildcards):
+    return ",".join(classifier_models(wildcards.dataset)[wildcards.classifier])
+
+
+def classifier_params(wildcards):
+    params = dataset_config(wildcards).get("classifiers", {}).get("params", {})
+    return as_json({"seed": config["seed"], "dataset": wildcards.dataset, **params})
+
+
+def classifier_dirs(wildcards):
+    return [
+        f"{RESULTS}/classifiers/{wildcards.dataset}/{c}"
+        for c in classifier_models(wildcards.dataset)
+    ]
+
+
+def score_files(wildcards):
+    return [
+        f"{RESULTS}/scores/{wildcards.dataset}/{t}/shard-{s}.parquet"
+        for t in trajectories(wildcards.dataset)
+        for s in shards(wildcards.dataset)
+    ]
+
+
+def all_shard_dirs(wildcards):
+    return [
+        d
+        for t in trajectories(wildcards.dataset)
+        for d in shard_dirs(wildcards.dataset, t)
+    ]
+
+
+def metrics_params(wildcards):
+    ds = dataset_config(wildcards)
+    params = dict(ds.get("metrics", {}))
+    params.update(
+        seed=config["seed"],
+        dataset=wildcards.dataset,
+        trajectories=ds["traverse"]["trajectories"],
+        swap_steps=ds["traverse"].get("params", {}).get("swap_steps"),
+    )
+    return as_json(params)
+
+
+def all_targets():
+    targets = []
+    for dataset in config["datasets"]:
+        targets.append(f"{RESULTS}/models/{dataset}/samples.png")
+        targets.append(f"{RESULTS}/metrics/{dataset}")
+    return targets

@@ -1,0 +1,42 @@
+"""Raw data to manifest: the synthetic twins (demo, tests) and dataset preparation."""
+
+
+rule synthesize_dataset:
+    input:
+        src=source_files("synth"),
+    output:
+        directory(f"{RESULTS}/data/{{dataset}}/raw"),
+    log:
+        f"{LOGS}/synthesize_dataset/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/synthesize_dataset/{{dataset}}.tsv"
+    conda:
+        "../../envs/medtraverse.yaml"
+    params:
+        synth=synth_params,
+    shell:
+        "medtraverse synth --dataset {wildcards.dataset} --out {output:q}"
+        " --n {params.synth[n]} --size {params.synth[size]} --seed {params.synth[seed]}"
+        " > {log:q} 2>&1"
+
+
+rule prepare_dataset:
+    input:
+        raw=raw_input,
+        src=source_files("prepare"),
+    output:
+        directory(f"{RESULTS}/data/{{dataset}}/prepared"),
+    log:
+        f"{LOGS}/prepare_dataset/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/prepare_dataset/{{dataset}}.tsv"
+    conda:
+        "../../envs/medtraverse.yaml"
+    params:
+        root=raw_root,
+        artifacts=artifacts_table,
+        prepare=prepare_params,
+    shell:
+        "medtraverse prepare --dataset {wildcards.dataset} --root {params.root:q}"
+        " --artifacts {params.artifacts:q} --out {output:q} --params {params.prepare:q}"
+        " > {log:q} 2>&1"

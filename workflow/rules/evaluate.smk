@@ -1,0 +1,76 @@
+"""Evaluation: classifiers on real images, scores of generated images, metrics and figures."""
+
+
+rule train_classifier:
+    input:
+        data=f"{RESULTS}/data/{{dataset}}/prepared",
+        src=source_files("classify.py", "backbones.py"),
+    output:
+        directory(f"{RESULTS}/classifiers/{{dataset}}/{{classifier}}"),
+    log:
+        f"{LOGS}/train_classifier/{{dataset}}/{{classifier}}.log",
+    benchmark:
+        f"{BENCH}/train_classifier/{{dataset}}/{{classifier}}.tsv"
+    conda:
+        "../../envs/medtraverse.yaml"
+    resources:
+        gpu=1,
+    params:
+        attributes=classifier_attributes,
+        classifier=classifier_params,
+    shell:
+        "medtraverse train-classifier --manifest {input.data:q}/manifest.parquet"
+        " --attributes {params.attributes:q} --out {output:q}"
+        " --params {params.classifier:q} > {log:q} 2>&1"
+
+
+rule score_shard:
+    input:
+        shard=f"{RESULTS}/traversals/{{dataset}}/{{trajectory}}/shard-{{shard}}",
+        classifiers=classifier_dirs,
+        src=source_files("score.py"),
+    output:
+        f"{RESULTS}/scores/{{dataset}}/{{trajectory}}/shard-{{shard}}.parquet",
+    log:
+        f"{LOGS}/score_shard/{{dataset}}/{{trajectory}}/{{shard}}.log",
+    benchmark:
+        f"{BENCH}/score_shard/{{dataset}}/{{trajectory}}/{{shard}}.tsv"
+    conda:
+        "../../envs/medtraverse.yaml"
+    resources:
+        gpu=1,
+    params:
+        score=section("score"),
+    shell:
+        "medtraverse score --shard {input.shard:q} --classifiers {input.classifiers:q}"
+        " --out {output:q} --params {params.score:q} > {log:q} 2>&1"
+
+
+rule aggregate_metrics:
+    input:
+        scores=score_files,
+        shards=all_shard_dirs,
+        classifiers=classifier_dirs,
+        data=f"{RESULTS}/data/{{dataset}}/prepared",
+        src=source_files("aggregate.py", "metrics.py", "figures.py"),
+    output:
+        report(
+            directory(f"{RESULTS}/metrics/{{dataset}}"),
+            patterns=["{name}.png"],
+            category="Metrics",
+            subcategory="{dataset}",
+        ),
+    log:
+        f"{LOGS}/aggregate_metrics/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/aggregate_metrics/{{dataset}}.tsv"
+    conda:
+        "../../envs/medtraverse.yaml"
+    params:
+        metrics=metrics_params,
+        traversals=f"{RESULTS}/traversals/{{dataset}}",
+        scores=f"{RESULTS}/scores/{{dataset}}",
+    shell:
+        "medtraverse aggregate --traversals {params.traversals:q} --scores {params.scores:q}"
+        " --classifiers {input.classifiers:q} --manifest {input.data:q}/manifest.parquet"
+        " --out {output:q} --params {params.metrics:q} > {log:q} 2>&1"

@@ -1,0 +1,106 @@
+"""Base model, the tiny base's VAE, the encoder cache, U-Net fine-tuning and a sample grid."""
+
+
+rule build_base:
+    input:
+        src=source_files("models.py", "tokenizer.py"),
+    output:
+        directory(f"{RESULTS}/models/{{dataset}}/base"),
+    log:
+        f"{LOGS}/build_base/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/build_base/{{dataset}}.tsv"
+    conda:
+        "../../envs/medtraverse.yaml"
+    params:
+        base=base_params,
+    shell:
+        "medtraverse build-base --out {output:q} --params {params.base:q} > {log:q} 2>&1"
+
+
+rule train_vae:
+    input:
+        base=f"{RESULTS}/models/{{dataset}}/base",
+        data=f"{RESULTS}/data/{{dataset}}/prepared",
+        src=source_files("vae.py"),
+    output:
+        directory(f"{RESULTS}/models/{{dataset}}/base-vae"),
+    log:
+        f"{LOGS}/train_vae/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/train_vae/{{dataset}}.tsv"
+    conda:
+        "../../envs/medtraverse.yaml"
+    params:
+        vae=vae_params,
+    shell:
+        "medtraverse train-vae --base {input.base:q} --manifest {input.data:q}/manifest.parquet"
+        " --out {output:q} --params {params.vae:q} > {log:q} 2>&1"
+
+
+rule cache_encoders:
+    input:
+        base=base_pipeline,
+        data=f"{RESULTS}/data/{{dataset}}/prepared",
+        src=source_files("cache.py"),
+    output:
+        directory(f"{RESULTS}/models/{{dataset}}/cache"),
+    log:
+        f"{LOGS}/cache_encoders/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/cache_encoders/{{dataset}}.tsv"
+    conda:
+        "../../envs/medtraverse.yaml"
+    params:
+        cache=section("cache"),
+    shell:
+        "medtraverse cache --base {input.base:q} --manifest {input.data:q}/manifest.parquet"
+        " --out {output:q} --params {params.cache:q} > {log:q} 2>&1"
+
+
+rule finetune_unet:
+    input:
+        base=base_pipeline,
+        cache=f"{RESULTS}/models/{{dataset}}/cache",
+        src=source_files("finetune.py"),
+    output:
+        directory(f"{RESULTS}/models/{{dataset}}/pipeline"),
+    log:
+        f"{LOGS}/finetune_unet/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/finetune_unet/{{dataset}}.tsv"
+    conda:
+        "../../envs/medtraverse.yaml"
+    resources:
+        gpu=finetune_gpus,
+    params:
+        finetune=finetune_params,
+        launcher=launcher,
+        checkpoints=f"{RESULTS}/models/{{dataset}}/checkpoints",
+    shell:
+        "{params.launcher} finetune --base {input.base:q} --cache {input.cache:q}"
+        " --checkpoints {params.checkpoints:q} --out {output:q} --params {params.finetune:q}"
+        " > {log:q} 2>&1"
+
+
+rule sample_grid:
+    input:
+        model=f"{RESULTS}/models/{{dataset}}/pipeline",
+        src=source_files("samples.py"),
+    output:
+        report(
+            f"{RESULTS}/models/{{dataset}}/samples.png",
+            category="Models",
+            labels={"dataset": "{dataset}", "figure": "neutral vs attribute samples"},
+        ),
+    log:
+        f"{LOGS}/sample_grid/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/sample_grid/{{dataset}}.tsv"
+    conda:
+        "../../envs/medtraverse.yaml"
+    params:
+        samples=section("samples"),
+    shell:
+        "medtraverse sample-grid --model {input.model:q} --out {output:q}"
+        " --params {params.samples:q} > {log:q} 2>&1"
