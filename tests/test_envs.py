@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,4 +33,6 @@ def test_every_rule_uses_the_project_env() -> None:
     rules = sorted((ROOT / "workflow/rules").glob("*.smk"))
     for path in rules:
         text = path.read_text()
-        assert text.count("rule ") == text.count('conda:\n        "../../envs/medtraverse.yaml"'), path
+        assert text.count("rule ") == text.count('conda:\n        "../../envs/medtraverse.yaml"'), (
+            path
+        )

@@ -57,7 +57,10 @@ def test_lint_is_clean(tmp_path: Path) -> None:
     ("override", "key"),
     [
         ("seed=abc", "config key seed:"),
-        ("datasets={'cxr': {'source': {'kind': 'real'}}}", "config key datasets: unknown name 'cxr'"),
+        (
+            "datasets={'cxr': {'source': {'kind': 'real'}}}",
+            "config key datasets: unknown name 'cxr'",
+        ),
     ],
 )
 def test_bad_config_is_one_clear_line(override: str, key: str, tmp_path: Path) -> None:

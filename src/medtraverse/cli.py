@@ -14,13 +14,22 @@ from medtraverse.errors import InputError
 
 STAGES: dict[str, tuple[str, str]] = {
     "synth": ("medtraverse.synth", "write a synthetic twin of CheXpert or ISIC 2019"),
-    "prepare": ("medtraverse.prepare", "build the manifest (splits, prompts, labels, resized images)"),
+    "prepare": (
+        "medtraverse.prepare",
+        "build the manifest (splits, prompts, labels, resized images)",
+    ),
     "build-base": ("medtraverse.models", "build the tiny base pipeline, or check a real SD folder"),
     "train-vae": ("medtraverse.vae", "train the tiny base's VAE (demo only)"),
-    "cache": ("medtraverse.cache", "encode training images and prompts once with the frozen encoders"),
+    "cache": (
+        "medtraverse.cache",
+        "encode training images and prompts once with the frozen encoders",
+    ),
     "finetune": ("medtraverse.finetune", "fine-tune the U-Net (accelerate, checkpoints, resume)"),
     "sample-grid": ("medtraverse.samples", "neutral vs attribute samples from the same seeds"),
-    "traverse": ("medtraverse.traverse", "generate one shard of swap trajectories and Bezier frames"),
+    "traverse": (
+        "medtraverse.traverse",
+        "generate one shard of swap trajectories and Bezier frames",
+    ),
     "train-classifier": ("medtraverse.classify", "train an EfficientNet-B0 attribute classifier"),
     "score": ("medtraverse.score", "classifier probabilities for every generated image of a shard"),
     "aggregate": ("medtraverse.aggregate", "CFRT, LPIPS, cosine, t-SNE, FID with bootstrap CIs"),

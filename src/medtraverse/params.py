@@ -28,23 +28,33 @@ def load_params(text: str | None) -> dict[str, Any]:
         try:
             value = json.loads(text)
         except json.JSONDecodeError as err:
-            raise InputError(f"--params: not valid JSON ({err.msg}); expected a JSON object") from None
+            raise InputError(
+                f"--params: not valid JSON ({err.msg}); expected a JSON object"
+            ) from None
     if not isinstance(value, dict):
         raise InputError(f"--params: got {type(value).__name__}; expected a JSON object")
     return value
 
 
-def require(params: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str = "params") -> Any:
+def require(
+    params: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str = "params"
+) -> Any:
     """Fetch ``params[key]`` and check its type, with a one-line error naming the key."""
     if key not in params:
         raise InputError(f"{where}.{key}: missing; expected a value of type {_name(kind)}")
     value = params[key]
     if kind in (float, (int, float)) and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+    if (
+        isinstance(value, bool)
+        and kind is not bool
+        and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    ):
         raise InputError(f"{where}.{key}: got {value!r}; expected {_name(kind)}")
     if not isinstance(value, kind):
-        raise InputError(f"{where}.{key}: got {value!r} ({type(value).__name__}); expected {_name(kind)}")
+        raise InputError(
+            f"{where}.{key}: got {value!r} ({type(value).__name__}); expected {_name(kind)}"
+        )
     return value
 
 

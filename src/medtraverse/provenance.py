@@ -17,6 +17,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,17 @@ from typing import Any
 from medtraverse.errors import InputError
 from medtraverse.io import write_json
 
-PACKAGES = ("medtraverse", "torch", "diffusers", "transformers", "accelerate", "timm", "lpips", "numpy", "pandas")
+PACKAGES = (
+    "medtraverse",
+    "torch",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "timm",
+    "lpips",
+    "numpy",
+    "pandas",
+)
 _HASH_CHUNK = 1 << 20
 
 
@@ -68,11 +79,17 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
         dirty = subprocess.run(
             ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -91,15 +108,12 @@ def _versions() -> dict[str, str | None]:
 
 def _device() -> dict[str, Any]:
     info: dict[str, Any] = {"host": socket.gethostname(), "platform": platform.platform()}
-    try:
-        import torch  # noqa: PLC0415 - only when torch is already a dependency of the stage
-
+    torch = sys.modules.get("torch")  # only a stage that already uses torch pays for it
+    if torch is not None:
         info["cuda"] = torch.cuda.is_available()
         if info["cuda"]:
             info["gpu"] = torch.cuda.get_device_name(0)
             info["gpus"] = torch.cuda.device_count()
-    except ImportError:
-        pass
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURMD_NODENAME"):
         if var in os.environ:
             info[var.lower()] = os.environ[var]
@@ -160,7 +174,9 @@ def load(artifact: str | Path) -> dict[str, Any]:
     """Read the record of ``artifact``."""
     path = record_path(artifact)
     if not path.exists():
-        raise InputError(f"{artifact}: no provenance record at {path}; expected an artifact made by medtraverse")
+        raise InputError(
+            f"{artifact}: no provenance record at {path}; expected an artifact made by medtraverse"
+        )
     return json.loads(path.read_text())
 
 
@@ -206,6 +222,7 @@ def main(args: argparse.Namespace) -> None:
         if rec["stage"] == "raw input":
             print(head)
             continue
-        print(f"{head}  params {rec['params_sha256'][:12]}  commit {rec.get('git_commit')}  {rec['created']}")
+        params = rec["params_sha256"][:12]
+        print(f"{head}  params {params}  commit {rec.get('git_commit')}  {rec['created']}")
         if rec.get("seeds") is not None:
             print(f"{pad}  seeds: {rec['seeds']}")

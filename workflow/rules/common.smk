@@ -2,6 +2,7 @@
 
 import json
 import math
+import shlex
 from pathlib import Path
 
 RESULTS = f"{config['results']}/{config['run']}"
@@ -83,22 +84,23 @@ def raw_input(wildcards):
     return [t for t in tables if t and Path(t).exists()]
 
 
-def artifacts_table(wildcards):
-    """ISIC's artifact table: the user's, or the twin's (flags, or soft scores with 'soft')."""
+def artifacts_option(wildcards):
+    """`--artifacts <table>` for ISIC (the user's, or the twin's flags or soft scores), else ''."""
+    if wildcards.dataset != "isic":
+        return ""
     src = dataset_config(wildcards)["source"]
-    if not is_synthetic(wildcards.dataset):
-        return src.get("artifacts", "")
-    name = "isic_bias_soft.csv" if src.get("artifacts") == "soft" else "isic_bias.csv"
-    return f"{RESULTS}/data/isic/raw/{name}"
+    if is_synthetic(wildcards.dataset):
+        name = "isic_bias_soft.csv" if src.get("artifacts") == "soft" else "isic_bias.csv"
+        table = f"{RESULTS}/data/isic/raw/{name}"
+    else:
+        table = src.get("artifacts", "")
+    return f"--artifacts {shlex.quote(table)}"
 
 
 def synth_params(wildcards):
     src = dataset_config(wildcards)["source"]
-    return {
-        "n": src.get("n", 1000),
-        "size": src.get("size", 64),
-        "seed": src.get("seed", 0),
-    }
+    keys = ("n", "size", "seed")
+    return as_json({**src.get("options", {}), **{k: src[k] for k in keys if k in src}})
 
 
 def prepare_params(wildcards):
@@ -253,16 +255,27 @@ def all_shard_dirs(wildcards):
     ]
 
 
+def classifier_options(wildcards):
+    """`--classifier <dir>` for each classifier of the job's dataset, quoted for the shell."""
+    return " ".join(f"--classifier {shlex.quote(d)}" for d in classifier_dirs(wildcards))
+
+
 def metrics_params(wildcards):
     ds = dataset_config(wildcards)
-    params = dict(ds.get("metrics", {}))
-    params.update(
-        seed=config["seed"],
-        dataset=wildcards.dataset,
-        trajectories=ds["traverse"]["trajectories"],
-        swap_steps=ds["traverse"].get("params", {}).get("swap_steps"),
-    )
+    params = {"seed": config["seed"], "dataset": wildcards.dataset, **ds.get("metrics", {})}
+    params["trajectories"] = {
+        name: traj["target"] for name, traj in ds["traverse"]["trajectories"].items()
+    }
     return as_json(params)
+
+
+def check_backbones_early():
+    """Stop before any GPU work when a backbone a metric needs (LPIPS AlexNet) is missing."""
+    from medtraverse.backbones import check_backbones
+
+    for name, ds in config["datasets"].items():
+        for line in check_backbones({**ds.get("metrics", {}), **ds.get("score", {})}):
+            print(f"{name}: {line}")
 
 
 def all_targets():

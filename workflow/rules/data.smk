@@ -16,8 +16,7 @@ rule synthesize_dataset:
         synth=synth_params,
     shell:
         "medtraverse synth --dataset {wildcards.dataset} --out {output:q}"
-        " --n {params.synth[n]} --size {params.synth[size]} --seed {params.synth[seed]}"
-        " > {log:q} 2>&1"
+        " --params {params.synth:q} > {log:q} 2>&1"
 
 
 rule prepare_dataset:
@@ -34,9 +33,9 @@ rule prepare_dataset:
         "../../envs/medtraverse.yaml"
     params:
         root=raw_root,
-        artifacts=artifacts_table,
+        artifacts=artifacts_option,
         prepare=prepare_params,
     shell:
         "medtraverse prepare --dataset {wildcards.dataset} --root {params.root:q}"
-        " --artifacts {params.artifacts:q} --out {output:q} --params {params.prepare:q}"
+        " {params.artifacts} --out {output:q} --params {params.prepare:q}"
         " > {log:q} 2>&1"

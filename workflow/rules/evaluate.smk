@@ -1,6 +1,10 @@
 """Evaluation: classifiers on real images, scores of generated images, metrics and figures."""
 
 
+onstart:
+    check_backbones_early()
+
+
 rule train_classifier:
     input:
         data=f"{RESULTS}/data/{{dataset}}/prepared",
@@ -20,7 +24,7 @@ rule train_classifier:
         classifier=classifier_params,
     shell:
         "medtraverse train-classifier --manifest {input.data:q}/manifest.parquet"
-        " --attributes {params.attributes:q} --out {output:q}"
+        " --attributes {params.attributes:q} --name {wildcards.classifier} --out {output:q}"
         " --params {params.classifier:q} > {log:q} 2>&1"
 
 
@@ -41,8 +45,9 @@ rule score_shard:
         gpu=1,
     params:
         score=section("score"),
+        classifiers=classifier_options,
     shell:
-        "medtraverse score --shard {input.shard:q} --classifiers {input.classifiers:q}"
+        "medtraverse score --shard {input.shard:q} {params.classifiers}"
         " --out {output:q} --params {params.score:q} > {log:q} 2>&1"
 
 
