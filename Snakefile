@@ -11,10 +11,14 @@ from medtraverse.config import check_config
 min_version("9.0")
 
 
-configfile: "config/demo.yaml"
+if not config:  # --configfile replaces the embedded demo; it must not be merged into it
+
+    configfile: "config/demo.yaml"
 
 
-check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")  # one line
+check_config(
+    config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
+)  # one line
 validate(config, "workflow/schemas/config.schema.yaml")  # fills in the defaults
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
 import tomllib
 import yaml
 
@@ -33,6 +34,6 @@ def test_every_rule_uses_the_project_env() -> None:
     rules = sorted((ROOT / "workflow/rules").glob("*.smk"))
     for path in rules:
         text = path.read_text()
-        assert text.count("rule ") == text.count('conda:\n        "../../envs/medtraverse.yaml"'), (
-            path
-        )
+        rules = len(re.findall(r"^rule \w+:", text, flags=re.M))
+        envs = text.count('conda:\n        "../../envs/medtraverse.yaml"')
+        assert rules == envs, f"{path}: {rules} rules, {envs} with the project env"

@@ -59,7 +59,7 @@ def test_lint_is_clean(tmp_path: Path) -> None:
         ("seed=abc", "config key seed:"),
         (
             "datasets={'cxr': {'source': {'kind': 'real'}}}",
-            "config key datasets: unknown name 'cxr'",
+            "config key datasets: 'cxr' is not one of",
         ),
     ],
 )
@@ -68,7 +68,7 @@ def test_bad_config_is_one_clear_line(override: str, key: str, tmp_path: Path) -
         "-n", "--configfile", str(CONFIGS["smoke"]), "--config", override, workdir=tmp_path
     )
     assert proc.returncode != 0
-    assert key in proc.stderr, proc.stderr[-2000:]
+    assert key in proc.stdout + proc.stderr, proc.stdout[-2000:]
 
 
 def test_wrong_type_deep_in_the_config_names_the_key(tmp_path: Path) -> None:
@@ -78,4 +78,6 @@ def test_wrong_type_deep_in_the_config_names_the_key(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(config))
     proc = snakemake("-n", "--configfile", str(path), workdir=tmp_path)
     assert proc.returncode != 0
-    assert "config key datasets.chexpert.traverse.seeds.count: 'many' is not of type" in proc.stderr
+    assert "config key datasets.chexpert.traverse.seeds.count: 'many' is not of type" in (
+        proc.stdout + proc.stderr
+    )

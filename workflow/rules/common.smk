@@ -1,4 +1,4 @@
-"""Helpers shared by the rule files: paths, per-dataset config sections, shards, targets."""
+"""Helpers for the stage files: paths, per-dataset config sections, shards, targets."""
 
 import json
 import math
@@ -40,7 +40,7 @@ def section(name, default=None):
 
 
 def source_files(*names):
-    """The stage's own source modules: rule inputs, so editing a stage reruns only its jobs."""
+    """The stage's own source modules: inputs of its jobs, so editing a stage reruns only its jobs."""
     files = []
     for name in names:
         path = SRC / name
