@@ -11,6 +11,10 @@ BENCH = f"{RESULTS}/benchmarks"
 SRC = Path(workflow.basedir) / "src" / "medtraverse"
 
 
+localrules:
+    all,
+
+
 wildcard_constraints:
     dataset="chexpert|isic",
     trajectory="[a-z0-9_]+",
@@ -90,7 +94,9 @@ def artifacts_option(wildcards):
         return ""
     src = dataset_config(wildcards)["source"]
     if is_synthetic(wildcards.dataset):
-        name = "isic_bias_soft.csv" if src.get("artifacts") == "soft" else "isic_bias.csv"
+        name = (
+            "isic_bias_soft.csv" if src.get("artifacts") == "soft" else "isic_bias.csv"
+        )
         table = f"{RESULTS}/data/isic/raw/{name}"
     else:
         table = src.get("artifacts", "")
@@ -257,12 +263,18 @@ def all_shard_dirs(wildcards):
 
 def classifier_options(wildcards):
     """`--classifier <dir>` for each classifier of the job's dataset, quoted for the shell."""
-    return " ".join(f"--classifier {shlex.quote(d)}" for d in classifier_dirs(wildcards))
+    return " ".join(
+        f"--classifier {shlex.quote(d)}" for d in classifier_dirs(wildcards)
+    )
 
 
 def metrics_params(wildcards):
     ds = dataset_config(wildcards)
-    params = {"seed": config["seed"], "dataset": wildcards.dataset, **ds.get("metrics", {})}
+    params = {
+        "seed": config["seed"],
+        "dataset": wildcards.dataset,
+        **ds.get("metrics", {}),
+    }
     params["trajectories"] = {
         name: traj["target"] for name, traj in ds["traverse"]["trajectories"].items()
     }
