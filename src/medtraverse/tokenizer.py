@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
+from medtraverse.formats import CHEXPERT_LABELS, ISIC_ARTIFACTS
+
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 END_OF_WORD = "</w>"
@@ -26,30 +28,14 @@ END_OF_WORD = "</w>"
 # lowercasing. ``[^\W\d_]`` is "a letter" in Python's ``re``.
 _WORD_RE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+")
 
-CHEXPERT_LABELS = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-ISIC_ARTIFACTS = ("dark corner", "hair", "gel border", "gel bubble", "ruler", "ink", "patches")
+ISIC_ARTIFACT_WORDS = tuple(a.replace("_", " ") for a in ISIC_ARTIFACTS)
 
 # Every prompt the project writes (METHOD.md sections 2 and 4), as text: the vocabulary gets a
 # whole-word token for each word in them.
 PROMPT_TEXTS: tuple[str, ...] = (
     "Normal chest X-ray with no significant findings",
     "Chest X-ray showing " + ", ".join(CHEXPERT_LABELS),
-    "a dermoscopic image with melanoma (MEL) showing " + ", ".join(ISIC_ARTIFACTS),
+    "a dermoscopic image with melanoma (MEL) showing " + ", ".join(ISIC_ARTIFACT_WORDS),
     "a dermoscopic image with melanocytic nevus (NV) with no visible artifacts",
     "a dermoscopic image with melanoma (MEL) showing ink",
     "a dermoscopic image with melanoma (MEL) showing gel bubbles",

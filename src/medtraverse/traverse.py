@@ -14,10 +14,10 @@ Shared prefix
     its latents after step ``k`` seed branch ``k``: 266 U-Net evaluations per seed instead of the
     authors' 500 for 50 steps and k in {5, ..., 45} (guidance pairs counted once). Two batchings:
 
-    - ``batching="wavefront"`` (fastest on the CPU here, by ~10%): at each step one U-Net call holds the neutral
-      trajectory and every branch already split off, for all seeds of the block. Equal to the
-      stock per-k calls within float tolerance (the same tolerance stock diffusers shows between
-      batch sizes: BLAS kernels depend on the batch's row count).
+    - ``batching="wavefront"`` (fastest on the CPU here, by ~10%): at each step one U-Net call
+      holds the neutral trajectory and every branch already split off, for all seeds of the
+      block. Equal to the stock per-k calls within float tolerance (the same tolerance stock
+      diffusers shows between batch sizes: BLAS kernels depend on the batch's row count).
     - ``batching="branch"`` (default: users compare seeds across tools, so exactness wins over a
       small speed-up): the neutral run, then one loop per branch, each U-Net call holding
       the block's seeds of one trajectory. Every call has the same rows as the stock pipeline

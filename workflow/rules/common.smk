@@ -235,7 +235,7 @@ def classifier_attributes(wildcards):
 
 def classifier_params(wildcards):
     params = dataset_config(wildcards).get("classifiers", {}).get("params", {})
-    return as_json({"seed": config["seed"], "dataset": wildcards.dataset, **params})
+    return as_json({"seed": config["seed"], "preset": wildcards.dataset, **params})
 
 
 def classifier_dirs(wildcards):

@@ -21,13 +21,8 @@ import numpy as np
 import pandas as pd
 
 from medtraverse.errors import InputError, bad_input
-from medtraverse.prepare.captions import (
-    CHEXPERT_LABELS,
-    ISIC_ARTIFACTS,
-    check_keys,
-    snake,
-    typed,
-)
+from medtraverse.formats import CHEXPERT_LABELS, ISIC_ARTIFACTS, snake
+from medtraverse.prepare.captions import check_keys, typed
 
 DATASETS = ("chexpert", "isic")
 SPLITS = ("train", "val", "test")

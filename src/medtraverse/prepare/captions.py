@@ -16,23 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medtraverse.errors import bad_input
+from medtraverse.formats import CHEXPERT_LABELS, ISIC_ARTIFACTS
 
-CHEXPERT_LABELS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
 CHEXPERT_FINDINGS: tuple[str, ...] = (
     "No Finding",
     "Cardiomegaly",
@@ -44,20 +29,6 @@ CHEXPERT_FINDINGS: tuple[str, ...] = (
     "Support Devices",
 )
 ISIC_LABELS: tuple[str, ...] = ("MEL", "NV")
-ISIC_ARTIFACTS: tuple[str, ...] = (
-    "dark_corner",
-    "hair",
-    "gel_border",
-    "gel_bubble",
-    "ruler",
-    "ink",
-    "patches",
-)
-
-
-def snake(name: str) -> str:
-    """Manifest column name of a label: ``"Pleural Effusion"`` -> ``"pleural_effusion"``."""
-    return name.strip().lower().replace(" ", "_").replace("/", "_")
 
 
 def typed(params: Mapping[str, Any], key: str, kind: Any, default: Any, where: str) -> Any:

@@ -16,16 +16,12 @@ from typing import Any
 import pandas as pd
 
 from medtraverse.errors import bad_input
-from medtraverse.prepare.captions import (
-    CHEXPERT_LABELS,
-    ChexpertCaption,
-    snake,
-    typed,
-)
+from medtraverse.formats import CHEXPERT_LABELS, CHEXPERT_META_COLUMNS, snake
+from medtraverse.prepare.captions import ChexpertCaption, typed
 
 KEYS = {"dataset_dir", "csvs", "frontal_only", "uncertain", "attributes", "caption"}
 UNCERTAIN_POLICIES = ("zeros", "ones", "drop")
-META_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
+META_COLUMNS = CHEXPERT_META_COLUMNS
 REQUIRED_COLUMNS = (*META_COLUMNS, *CHEXPERT_LABELS)
 VIEWS = ("Frontal", "Lateral")
 _PATIENT = re.compile(r"^patient\d+$")

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from medtraverse.errors import bad_input
-from medtraverse.prepare.captions import ISIC_ARTIFACTS, ISIC_LABELS, IsicCaption, typed
+from medtraverse.formats import ISIC_ARTIFACTS
+from medtraverse.prepare.captions import ISIC_LABELS, IsicCaption, typed
 from medtraverse.prepare.chexpert import escapes, read_table
 
 KEYS = {

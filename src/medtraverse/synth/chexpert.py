@@ -33,28 +33,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from medtraverse.formats import CHEXPERT_COLUMNS, CHEXPERT_LABELS, snake
 from medtraverse.seeding import derive_seed
 from medtraverse.synth import draw
 
 DATASET_DIR = "CheXpert-v1.0-small"
 STAGE = "synth/chexpert"
-LABELS = [
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-]
-COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *LABELS]
+LABELS = list(CHEXPERT_LABELS)
+COLUMNS = list(CHEXPERT_COLUMNS)
 RENDERED = ("Support Devices", "Pleural Effusion", "Cardiomegaly")
 # (P(1.0), P(0.0), P(-1.0)) per label; the rest is blank (not mentioned). Roughly CheXpert's
 # shares, with Support Devices and Pleural Effusion a little rarer than in the real train set.
@@ -74,11 +60,6 @@ LABEL_PROBS: dict[str, tuple[float, float, float]] = {
     "Support Devices": (0.35, 0.03, 0.01),
 }
 STUDIES_PER_PATIENT = ((1, 2, 3, 4, 5), (0.3, 0.25, 0.2, 0.15, 0.1))
-
-
-def snake(label: str) -> str:
-    """``"Pleural Effusion"`` -> ``"pleural_effusion"`` (the manifest's column names)."""
-    return label.lower().replace(" ", "_")
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from medtraverse.errors import bad_input
+from medtraverse.formats import ISIC_ARTIFACTS, ISIC_CLASSES
 from medtraverse.seeding import derive_seed
 from medtraverse.synth import draw
 
 STAGE = "synth/isic"
-CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
-ARTIFACTS = ["dark_corner", "hair", "gel_border", "gel_bubble", "ruler", "ink", "patches"]
+CLASSES = list(ISIC_CLASSES)
+ARTIFACTS = list(ISIC_ARTIFACTS)
 BIAS_COLUMNS = ["image", *ARTIFACTS, "label", "label_string"]
 GT_FILE = "ISIC_2019_Training_GroundTruth.csv"
 IMAGE_DIR = "ISIC_2019_Training_Input"
