@@ -180,21 +180,31 @@ def load(artifact: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def owning_artifact(path: str | Path, levels: int = 4) -> Path | None:
+    """The artifact whose record covers ``path``: itself, or the nearest recorded folder above it
+    (a manifest inside a prepared folder, a CSV inside a synthetic twin)."""
+    path = Path(path)
+    for candidate in [path, *path.parents][: levels + 1]:
+        if record_path(candidate).exists():
+            return candidate
+    return None
+
+
 def chain(artifact: str | Path) -> list[dict[str, Any]]:
     """The records from ``artifact`` back to the raw data, depth first, each once."""
     seen: set[str] = set()
     out: list[dict[str, Any]] = []
 
     def visit(path: Path, depth: int) -> None:
-        key = str(path.resolve())
+        owner = owning_artifact(path)
+        key = str((owner or path).resolve())
         if key in seen:
             return
         seen.add(key)
-        rec_path = record_path(path)
-        if not rec_path.exists():
+        if owner is None:
             out.append({"artifact": str(path), "depth": depth, "stage": "raw input"})
             return
-        rec = json.loads(rec_path.read_text())
+        rec = json.loads(record_path(owner).read_text())
         rec["depth"] = depth
         out.append(rec)
         for entry in rec.get("inputs", []):
