@@ -61,7 +61,7 @@ rule aggregate_metrics:
     output:
         report(
             directory(f"{RESULTS}/metrics/{{dataset}}"),
-            patterns=["{name}.png"],
+            patterns=["{name}.png", "{name}.csv"],
             category="Metrics",
             subcategory="{dataset}",
         ),
