@@ -29,6 +29,7 @@ RUN = "results/smoke"
 
 
 def _copy_project(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "workflow", "config", "src", "envs", "profiles"):
         src = ROOT / name
         if src.is_dir():
@@ -45,8 +46,8 @@ def _run(workdir: Path, *args: str, timeout: float = 1500) -> subprocess.Complet
     return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=timeout)
 
 
-def _plan(workdir: Path, *args: str) -> dict[str, int]:
-    proc = _run(workdir, "-n", "--configfile", SMOKE, *args, timeout=300)
+def _plan(workdir: Path, *args: str, config: str = SMOKE) -> dict[str, int]:
+    proc = _run(workdir, "-n", "--configfile", config, *args, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return job_counts(proc.stdout + proc.stderr)
 
@@ -80,20 +81,25 @@ def test_nothing_to_do_after_a_complete_run(smoke: Path) -> None:
     assert _plan(smoke) == {}
 
 
+def _variant(workdir: Path, name: str, change) -> str:
+    """A copy of the smoke config with ``change(datasets.chexpert)`` applied; its path."""
+    config = yaml.safe_load((workdir / SMOKE).read_text())
+    change(config["datasets"]["chexpert"])
+    path = workdir / "config" / f"smoke-{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
 def test_classifier_change_reruns_only_evaluation(smoke: Path) -> None:
-    jobs = _plan(
-        smoke,
-        "--config",
-        "datasets={'chexpert': {'classifiers': {'params': {'learning_rate': 0.05}}}}",
-    )
+    config = _variant(smoke, "lr", lambda d: d["classifiers"]["params"].update(learning_rate=0.05))
+    jobs = _plan(smoke, config=config)
     assert set(jobs) == {"all", "train_classifier", "score_shard", "aggregate_metrics"}
     assert jobs["train_classifier"] == 2 and jobs["score_shard"] == 4
 
 
 def test_swap_steps_change_reruns_traversal_not_finetuning(smoke: Path) -> None:
-    jobs = _plan(
-        smoke, "--config", "datasets={'chexpert': {'traverse': {'params': {'swap_steps': [3, 6]}}}}"
-    )
+    config = _variant(smoke, "k", lambda d: d["traverse"]["params"].update(swap_steps=[3, 6]))
+    jobs = _plan(smoke, config=config)
     assert set(jobs) == {"all", "traverse_shard", "score_shard", "aggregate_metrics"}
     assert jobs["traverse_shard"] == 4
 
@@ -111,17 +117,13 @@ def test_editing_a_metrics_module_reruns_only_metrics(smoke: Path) -> None:
 
 
 def test_new_trajectory_adds_only_its_own_jobs(smoke: Path) -> None:
-    config = yaml.safe_load((smoke / SMOKE).read_text())
-    config["datasets"]["chexpert"]["traverse"]["trajectories"]["cardiomegaly"] = {
+    cardiomegaly = {
         "neutral": "Normal chest X-ray with no significant findings",
         "attribute": "Chest X-ray showing Cardiomegaly",
         "target": "cardiomegaly",
     }
-    path = smoke / "config/smoke-plus.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = _run(smoke, "-n", "--configfile", str(path), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = job_counts(proc.stdout + proc.stderr)
+    config = _variant(smoke, "plus", lambda d: d["traverse"]["trajectories"].update(c=cardiomegaly))
+    jobs = _plan(smoke, config=config)
     assert set(jobs) == {"all", "traverse_shard", "score_shard", "aggregate_metrics"}
     assert jobs["traverse_shard"] == 2 and jobs["score_shard"] == 2
 

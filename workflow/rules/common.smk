@@ -239,9 +239,10 @@ def classifier_params(wildcards):
 
 
 def classifier_dirs(wildcards):
+    """Sorted, so reordering the config's models does not rerun scoring."""
     return [
         f"{RESULTS}/classifiers/{wildcards.dataset}/{c}"
-        for c in classifier_models(wildcards.dataset)
+        for c in sorted(classifier_models(wildcards.dataset))
     ]
 
 
