@@ -10,6 +10,7 @@ rule build_base:
         f"{LOGS}/build_base/{{dataset}}.log",
     benchmark:
         f"{BENCH}/build_base/{{dataset}}.tsv"
+    priority: 10  # the critical path: classifiers fill the other cores meanwhile
     conda:
         "../../envs/medtraverse.yaml"
     params:
@@ -29,6 +30,7 @@ rule train_vae:
         f"{LOGS}/train_vae/{{dataset}}.log",
     benchmark:
         f"{BENCH}/train_vae/{{dataset}}.tsv"
+    priority: 10  # the critical path: classifiers fill the other cores meanwhile
     conda:
         "../../envs/medtraverse.yaml"
     params:
@@ -49,6 +51,7 @@ rule cache_encoders:
         f"{LOGS}/cache_encoders/{{dataset}}.log",
     benchmark:
         f"{BENCH}/cache_encoders/{{dataset}}.tsv"
+    priority: 10  # the critical path: classifiers fill the other cores meanwhile
     conda:
         "../../envs/medtraverse.yaml"
     params:
@@ -69,6 +72,7 @@ rule finetune_unet:
         f"{LOGS}/finetune_unet/{{dataset}}.log",
     benchmark:
         f"{BENCH}/finetune_unet/{{dataset}}.tsv"
+    priority: 10  # the critical path: classifiers fill the other cores meanwhile
     conda:
         "../../envs/medtraverse.yaml"
     resources:

@@ -191,8 +191,8 @@ def sample_study(
     study["devices"] = devices[:n_dev]
     u = rng.random()
     study["effusion"] = {
-        "side": "both" if u < 0.55 else ("left" if u < 0.775 else "right"),
-        "frac": rng.uniform(0.18, 0.30),
+        "side": "both" if u < 0.7 else ("left" if u < 0.85 else "right"),
+        "frac": rng.uniform(0.24, 0.36),
         "meniscus": rng.uniform(0.18, 0.28),
         "opacity": rng.uniform(0.88, 0.97),
     }
