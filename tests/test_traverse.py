@@ -106,9 +106,11 @@ def test_branch_batch1_is_bit_identical_to_authors_calls(pipe: Any) -> None:
     got = generate_latents(
         pipe, seeds, NEUTRAL, ATTRIBUTE, {**FAST, "batch_size": 1, "batching": "branch"}
     )
+    default = generate_latents(pipe, seeds, NEUTRAL, ATTRIBUTE, {**FAST, "batch_size": 1})
     for s in seeds:
         for k in [None, *FAST["swap_steps"]]:
             assert torch.equal(got[s][key(k)], stock(pipe, [s], k, 10)[0]), (s, k)
+            assert torch.equal(default[s][key(k)], got[s][key(k)]), (s, k)  # auto: branch
     # the swaps really differ from the neutral run and from each other
     assert not torch.equal(got[0][2], got[0]["neutral"]) and not torch.equal(got[0][2], got[0][8])
 
@@ -241,7 +243,7 @@ def test_params_defaults_are_the_papers() -> None:
     p = TraverseParams.from_dict({})
     assert (p.steps, p.guidance, p.eta, p.bezier_frames) == (50, 7.5, 0.0, 50)
     assert p.swap_steps == (5, 10, 15, 20, 25, 30, 35, 40, 45)
-    assert (p.schedule, p.batching, p.dtype, p.device) == ("swap", "branch", "float32", "auto")
+    assert (p.schedule, p.batching, p.dtype, p.device) == ("swap", "auto", "float32", "auto")
     assert TraverseParams.from_dict({"swap_steps": [45, 5]}).swap_steps == (5, 45)
 
 
@@ -496,3 +498,11 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(
     assert cli.main(missing) == 2
     assert str(tmp_path / "missing") in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_batching_is_exact_at_one_seed_per_batch_and_fast_above() -> None:
+    assert TraverseParams.from_dict({"batch_size": 1}).resolved_batching == "branch"
+    assert TraverseParams.from_dict({"batch_size": 8}).resolved_batching == "wavefront"
+    assert TraverseParams.from_dict({"batch_size": 8, "batching": "branch"}).resolved_batching == (
+        "branch"
+    )

@@ -12,14 +12,17 @@ What a trajectory is
 Shared prefix
     Steps ``0..k`` of swap ``k`` are the neutral run's, so the neutral run is computed once and
     its latents after step ``k`` seed branch ``k``: 266 U-Net evaluations per seed instead of the
-    authors' 500 for 50 steps and k in {5, ..., 45} (guidance pairs counted once). Two batchings:
+    authors' 500 for 50 steps and k in {5, ..., 45} (guidance pairs counted once). Batchings:
 
-    - ``batching="wavefront"`` (fastest on the CPU here, by ~10%): at each step one U-Net call
+    - ``batching="auto"`` (default): ``branch`` at ``batch_size: 1``, where it reproduces the
+      authors' one-seed calls bit for bit, else ``wavefront`` (faster; at several seeds per batch
+      the stock pipeline itself only agrees with its batch-1 self within float tolerance).
+    - ``batching="wavefront"`` (fastest: 6.7x the authors' calls on the CPU here against 5.4x for
+      ``branch``, docs/benchmarks.md): at each step one U-Net call
       holds the neutral trajectory and every branch already split off, for all seeds of the
       block. Equal to the stock per-k calls within float tolerance (the same tolerance stock
       diffusers shows between batch sizes: BLAS kernels depend on the batch's row count).
-    - ``batching="branch"`` (default: users compare seeds across tools, so exactness wins over a
-      small speed-up): the neutral run, then one loop per branch, each U-Net call holding
+    - ``batching="branch"``: the neutral run, then one loop per branch, each U-Net call holding
       the block's seeds of one trajectory. Every call has the same rows as the stock pipeline
       called on that block's seeds, so the latents are bit-identical to the authors' per-k calls
       (``batch_size=1``: one seed per call, as the authors ran it).
@@ -84,7 +87,7 @@ STAGE = "traverse"
 PAPER_SWAP_STEPS: tuple[int, ...] = (5, 10, 15, 20, 25, 30, 35, 40, 45)
 DTYPES = ("float32", "float16", "bfloat16")
 SCHEDULES = ("swap", "mix")
-BATCHINGS = ("wavefront", "branch")
+BATCHINGS = ("auto", "wavefront", "branch")
 KIND_ORDER = {"neutral": 0, "swap": 1, "bezier": 2}
 
 
@@ -107,10 +110,17 @@ class TraverseParams:
     save_images: bool = True
     schedule: str = "swap"
     lambdas: tuple[float, ...] | None = None
-    batching: str = "branch"
+    batching: str = "auto"
     device: str = "auto"
     neutral: str | None = None
     attribute: str | None = None
+
+    @property
+    def resolved_batching(self) -> str:
+        """``auto``: exact one-seed calls at batch size 1, the wavefront's speed above it."""
+        if self.batching == "auto":
+            return "branch" if self.batch_size == 1 else "wavefront"
+        return self.batching
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str = "params") -> TraverseParams:
@@ -399,7 +409,7 @@ class TraversalEngine:
 
         out: dict[str | int, torch.Tensor] = {}
         with torch.no_grad():
-            if p.batching == "branch":
+            if p.resolved_batching == "branch":
                 split: dict[int, torch.Tensor] = {}
                 x = latents
                 for i, t in enumerate(timesteps):
@@ -667,7 +677,7 @@ def _common_columns(
         "width": engine.width,
         "dtype": params.dtype,
         "batch_size": params.batch_size,
-        "batching": params.batching,
+        "batching": params.resolved_batching,
     }
 
 
