@@ -83,9 +83,7 @@ def _image_grid(
             if c == 0:
                 ax.set_ylabel(row_titles[r], fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out_png)
 
 
 def traversal_grid(shards: list[Path], out_png: Path, trajectory: str, n_seeds: int = 4) -> bool:
@@ -146,6 +144,19 @@ def bezier_strip(
     return True
 
 
+def _save(plt: Any, fig: Any, out_png: Path) -> None:
+    """Every figure: tight layout, 120 dpi PNG, figure closed (no leaks over many plots)."""
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def _band(ax: Any, x: Any, rows: pd.DataFrame, colour: str, label: str, **line: Any) -> None:
+    """A mean curve with its 95% bootstrap band (columns value, ci_low, ci_high)."""
+    ax.plot(x, rows["value"], color=colour, label=label, **line)
+    ax.fill_between(x, rows["ci_low"], rows["ci_high"], color=colour, alpha=0.15)
+
+
 def _panels(n: int) -> tuple[int, int]:
     cols = min(4, max(1, n))
     return math.ceil(n / cols), cols
@@ -165,8 +176,7 @@ def probability_vs_k(prob: pd.DataFrame, out_png: Path) -> bool:
             colour = f"C{i % 10}"
             sw = part[(part["column"] == col) & (part["kind"] == "swap")].sort_values("k")
             style = "--" if col.startswith("truth_") else "-"
-            ax.plot(sw["k"], sw["value"], style, marker="o", ms=3, color=colour, label=col)
-            ax.fill_between(sw["k"], sw["ci_low"], sw["ci_high"], color=colour, alpha=0.15)
+            _band(ax, sw["k"], sw, colour, col, linestyle=style, marker="o", ms=3)
             neutral = part[(part["column"] == col) & (part["kind"] == "neutral")]
             if len(neutral):
                 ax.axhline(float(neutral["value"].iloc[0]), color=colour, ls=":", lw=1)
@@ -177,9 +187,7 @@ def probability_vs_k(prob: pd.DataFrame, out_png: Path) -> bool:
         ax.legend(fontsize=6)
     for ax in axes.ravel()[len(trajs) :]:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out_png)
     return True
 
 
@@ -191,15 +199,12 @@ def cosine_vs_k(cos: pd.DataFrame, out_png: Path) -> bool:
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for i, (traj, part) in enumerate(sorted(cos.groupby("trajectory"), key=lambda kv: kv[0])):
         part = part.sort_values("k", ascending=False)
-        ax.plot(part["k"], part["value"], marker="o", ms=3, color=f"C{i % 10}", label=traj)
-        ax.fill_between(part["k"], part["ci_low"], part["ci_high"], color=f"C{i % 10}", alpha=0.15)
+        _band(ax, part["k"], part, f"C{i % 10}", traj, marker="o", ms=3)
     ax.invert_xaxis()
     ax.set_xlabel("swap step k (late -> early)")
     ax.set_ylabel("cosine to the k=45 direction")
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out_png)
     return True
 
 
@@ -216,10 +221,7 @@ def lpips_vs_step(lp: pd.DataFrame, out_png: Path) -> bool:
         part = lp[lp["version"] == version]
         for i, (traj, group) in enumerate(sorted(part.groupby("trajectory"), key=lambda kv: kv[0])):
             group = group.sort_values("step")
-            ax.plot(group["step"], group["value"], marker=".", color=f"C{i % 10}", label=traj)
-            ax.fill_between(
-                group["step"], group["ci_low"], group["ci_high"], color=f"C{i % 10}", alpha=0.15
-            )
+            _band(ax, group["step"], group, f"C{i % 10}", traj, marker=".")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("LPIPS")
         if len(part):
@@ -228,9 +230,7 @@ def lpips_vs_step(lp: pd.DataFrame, out_png: Path) -> bool:
     comparable = bool(lp["comparable"].all())
     note = "" if comparable else " - NOT comparable with the paper"
     fig.suptitle(f"LPIPS (backbone {', '.join(labels)}){note}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out_png)
     return True
 
 
@@ -255,9 +255,7 @@ def tsne_scatter(tsne: pd.DataFrame, out_png: Path) -> bool:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("t-SNE of final latents", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, out_png)
     return True
 
 
