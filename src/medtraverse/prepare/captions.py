@@ -72,6 +72,13 @@ def check_keys(params: Mapping[str, Any], known: set[str], where: str) -> None:
             raise bad_input(f"{where}.{key}", "unknown key", f"one of {', '.join(sorted(known))}")
 
 
+def check_names(names: list[str], allowed: tuple[str, ...], where: str, kind: str) -> None:
+    """Every name must be one of ``allowed`` (labels, artifacts): one line naming the stray."""
+    for name in names:
+        if name not in allowed:
+            raise bad_input(where, f"unknown {kind} {name!r}", "one of " + ", ".join(allowed))
+
+
 @dataclass(frozen=True)
 class ChexpertCaption:
     """The CheXpert caption template (METHOD.md section 2)."""
@@ -89,13 +96,7 @@ class ChexpertCaption:
             raise bad_input(where, f"got {params!r}", "a mapping of caption template keys")
         check_keys(params, {"prefix", "separator", "empty", "findings"}, where)
         findings = typed(params, "findings", "str-list", list(CHEXPERT_FINDINGS), where)
-        for name in findings:
-            if name not in CHEXPERT_LABELS:
-                raise bad_input(
-                    f"{where}.findings",
-                    f"unknown label {name!r}",
-                    "one of " + ", ".join(CHEXPERT_LABELS),
-                )
+        check_names(findings, CHEXPERT_LABELS, f"{where}.findings", "label")
         return cls(
             prefix=typed(params, "prefix", str, cls.prefix, where),
             separator=typed(params, "separator", str, cls.separator, where),
@@ -140,13 +141,7 @@ class IsicCaption:
         artifacts = typed(params, "artifacts", "str-list", list(ISIC_ARTIFACTS), where)
         text = typed(params, "artifact_text", "str-dict", {}, where)
         for key, names in (("artifacts", artifacts), ("artifact_text", list(text))):
-            for name in names:
-                if name not in ISIC_ARTIFACTS:
-                    raise bad_input(
-                        f"{where}.{key}",
-                        f"unknown artifact {name!r}",
-                        "one of " + ", ".join(ISIC_ARTIFACTS),
-                    )
+            check_names(names, ISIC_ARTIFACTS, f"{where}.{key}", "artifact")
         return cls(
             labels=labels,
             showing=typed(params, "showing", str, default.showing, where),

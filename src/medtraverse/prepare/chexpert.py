@@ -17,7 +17,7 @@ import pandas as pd
 
 from medtraverse.errors import bad_input
 from medtraverse.formats import CHEXPERT_LABELS, CHEXPERT_META_COLUMNS, snake
-from medtraverse.prepare.captions import ChexpertCaption, typed
+from medtraverse.prepare.captions import ChexpertCaption, check_names, typed
 
 KEYS = {"dataset_dir", "csvs", "frontal_only", "uncertain", "attributes", "caption"}
 UNCERTAIN_POLICIES = ("zeros", "ones", "drop")
@@ -49,13 +49,7 @@ class ChexpertParams:
                 " or ".join(UNCERTAIN_POLICIES),
             )
         attributes = typed(params, "attributes", "str-list", list(d.attributes), where)
-        for name in attributes:
-            if name not in CHEXPERT_LABELS:
-                raise bad_input(
-                    f"{where}.attributes",
-                    f"unknown label {name!r}",
-                    "one of " + ", ".join(CHEXPERT_LABELS),
-                )
+        check_names(attributes, CHEXPERT_LABELS, f"{where}.attributes", "label")
         csvs = typed(params, "csvs", "str-list", list(d.csvs), where)
         if not csvs:
             raise bad_input(f"{where}.csvs", "empty list", "at least one CSV name")
