@@ -32,13 +32,11 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
-def section(name, default=None):
+def section(name):
     """A params function returning one config section of the job's dataset as JSON."""
 
     def params(wildcards):
-        return as_json(
-            dataset_config(wildcards).get(name, {} if default is None else default)
-        )
+        return as_json(dataset_config(wildcards).get(name, {}))
 
     return params
 
