@@ -46,6 +46,7 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 	snakemake --lint --configfile config/demo.yaml > /dev/null
 

@@ -3,7 +3,7 @@
 Baseline: every step reads its images from disk and runs the frozen VAE encoder and CLIP text
 encoder (what diffusers' train_text_to_image.py does). Project path: ``medtraverse cache`` once,
 then steps that read posterior mean/std and prompt embeddings (DESIGN.md rule 5). Both run the
-same ``medtraverse.finetune.finetune`` with the same params and seed; samples/second counts
+same ``medtraverse.models.finetune.finetune`` with the same params and seed; samples/second counts
 training steps only (model loading, checkpoints and the final save excluded).
 
     python benchmarks/finetune.py                 # tiny model, 32 px, CPU (seconds)
@@ -61,8 +61,8 @@ def write_prep(root: Path, n: int, size: int, seed: int = 0) -> Path:
 
 def build_sd15_random(out: Path) -> Path:
     """SD 1.5's architecture with random weights (no download), tiny tokenizer."""
-    from medtraverse.models import pipeline_from_configs, sd15_configs
-    from medtraverse.tokenizer import build_tokenizer
+    from medtraverse.models.pipeline import pipeline_from_configs, sd15_configs
+    from medtraverse.models.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     configs = sd15_configs(bos=int(tokenizer.bos_token_id), eos=int(tokenizer.eos_token_id))
@@ -74,9 +74,9 @@ def build_sd15_random(out: Path) -> Path:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from medtraverse.cache import build_cache
-    from medtraverse.finetune import finetune
-    from medtraverse.models import build_tiny_pipeline
+    from medtraverse.models.cache import build_cache
+    from medtraverse.models.finetune import finetune
+    from medtraverse.models.pipeline import build_tiny_pipeline
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench-finetune-"))

@@ -7,7 +7,7 @@ Bezier frames and PNG writing excluded: they are the same work on both sides) fo
   trajectory (the neutral call + one call per swap step k with a ``callback_on_step_end`` that
   replaces ``prompt_embeds`` at step k), batch 1;
 - ``per-k batched``: the same per-k calls, each batched over all the engine's seeds;
-- ``engine wavefront`` and ``engine branch``: :func:`medtraverse.traverse.generate_latents`.
+- ``engine wavefront`` and ``engine branch``: :func:`medtraverse.traversal.engine.generate_latents`.
 
 It counts U-Net evaluations per seed by hooking ``unet.forward`` (batch rows / 2 with guidance),
 reports wall-clock ratios, and checks the engine's latents against the authors' (max abs diff;
@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from medtraverse.traverse import TraverseParams, UNetCounter, generate_latents  # noqa: E402
+from medtraverse.traversal.engine import TraverseParams, UNetCounter, generate_latents  # noqa: E402
 
 NEUTRAL = "Normal chest X-ray with no significant findings"
 ATTRIBUTE = "Chest X-ray showing Support Devices"
@@ -47,12 +47,12 @@ SD15_TFLOP_PER_EVAL = 0.80
 
 def build_pipe(args: argparse.Namespace, tmp: Path) -> Any:
     """The tiny pipeline (or SD 1.5's architecture, random weights) on the chosen device."""
-    from medtraverse.models import build_tiny_pipeline, load_pipeline
+    from medtraverse.models.pipeline import build_tiny_pipeline, load_pipeline
 
     dtype = getattr(torch, args.dtype)
     if args.sd15:
-        from medtraverse.models import pipeline_from_configs, sd15_configs
-        from medtraverse.tokenizer import build_tokenizer
+        from medtraverse.models.pipeline import pipeline_from_configs, sd15_configs
+        from medtraverse.models.tokenizer import build_tokenizer
 
         tok = build_tokenizer()
         configs = sd15_configs(len(tok), int(tok.bos_token_id), int(tok.eos_token_id))

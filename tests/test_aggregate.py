@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save_file
 
-from medtraverse.errors import InputError
+from medtraverse.core.errors import InputError
 
 ATTRS = ("support_devices", "pleural_effusion")
 KS = (5, 10, 15, 45)
@@ -256,7 +256,7 @@ def test_figures_cli_rerenders(aggregated: Path, fake_run: Path, tmp_path: Path)
 def test_missing_attribute_column_is_one_line_and_writes_nothing(
     fake_run: Path, tmp_path: Path
 ) -> None:
-    from medtraverse.aggregate import aggregate
+    from medtraverse.report.aggregate import aggregate
 
     out = tmp_path / "m"
     params = {**PARAMS, "attributes": [*ATTRS, "cardiomegaly"], "figures": False}
@@ -268,7 +268,7 @@ def test_missing_attribute_column_is_one_line_and_writes_nothing(
 
 
 def test_unknown_trajectory_target_and_explicit_mapping(fake_run: Path, tmp_path: Path) -> None:
-    from medtraverse.aggregate import aggregate, resolve_target
+    from medtraverse.report.aggregate import aggregate, resolve_target
 
     assert (
         resolve_target("mel_gel_bubble", ["hair", "gel_bubble", "ruler", "ink"], {}) == "gel_bubble"
@@ -295,8 +295,8 @@ def test_fid_with_inception_weights(style: str, fake_run: Path, tmp_path: Path) 
     from safetensors.torch import save_file
     from torchvision.models.inception import Inception3
 
-    from medtraverse.aggregate import aggregate
-    from medtraverse.backbones import _patch_fid_blocks, load_inception
+    from medtraverse.evaluation.backbones import _patch_fid_blocks, load_inception
+    from medtraverse.report.aggregate import aggregate
 
     torch.manual_seed(0)
     fid_style = style == "pytorch-fid"

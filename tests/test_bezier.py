@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from medtraverse.bezier import (
+from medtraverse.traversal.bezier import (
     bernstein_weights,
     bezier_curve,
     control_points,

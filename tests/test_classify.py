@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medtraverse.errors import InputError
+from medtraverse.core.errors import InputError
 
 QUICK = {
     "image_size": 32,
@@ -63,7 +63,7 @@ def write_manifest(root: Path, n: int = 64) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataFrame]:
-    from medtraverse.classify import train_classifier
+    from medtraverse.evaluation.classify import train_classifier
 
     root = tmp_path_factory.mktemp("prep")
     manifest = write_manifest(root)
@@ -103,7 +103,7 @@ def test_training_writes_weights_table_and_provenance(trained) -> None:
 
 
 def test_reloaded_classifier_gives_identical_probabilities(trained) -> None:
-    from medtraverse.classify import load_classifier, load_image
+    from medtraverse.evaluation.classify import load_classifier, load_image
 
     manifest, out, _ = trained
     preds = pd.read_parquet(out / "test_predictions.parquet")
@@ -118,7 +118,7 @@ def test_reloaded_classifier_gives_identical_probabilities(trained) -> None:
 def test_same_seed_same_weights(tmp_path: Path, trained) -> None:
     from safetensors.numpy import load_file
 
-    from medtraverse.classify import train_classifier
+    from medtraverse.evaluation.classify import train_classifier
 
     manifest = trained[0]
     quick = {**QUICK, "epochs": 1, "max_steps_per_epoch": 2}
@@ -137,7 +137,7 @@ def test_bad_manifest_is_one_line_and_writes_nothing(tmp_path: Path, trained) ->
     manifest = trained[0]
     out = tmp_path / "nope"
     with pytest.raises(InputError, match="no column 'cardiomegaly'"):
-        from medtraverse.classify import train_classifier
+        from medtraverse.evaluation.classify import train_classifier
 
         train_classifier(manifest, out, ["cardiomegaly"], dict(QUICK))
     assert not out.exists()
@@ -162,7 +162,7 @@ def test_pretrained_local_file_and_offline_hub(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from medtraverse.backbones import create_efficientnet
+    from medtraverse.evaluation.backbones import create_efficientnet
 
     torch.manual_seed(5)
     src = timm.create_model("efficientnet_b0", pretrained=False, num_classes=1000)
@@ -226,8 +226,8 @@ def write_shard(
 
 
 def test_score_shard_gives_p_columns_for_every_row(tmp_path: Path, trained) -> None:
-    from medtraverse.classify import load_classifier, load_image
     from medtraverse.cli import main
+    from medtraverse.evaluation.classify import load_classifier, load_image
 
     _, clf_dir, _ = trained
     shard = tmp_path / "shard-0000"
@@ -268,7 +268,7 @@ def test_score_shard_gives_p_columns_for_every_row(tmp_path: Path, trained) -> N
 
 
 def test_score_missing_image_is_one_line(tmp_path: Path, trained) -> None:
-    from medtraverse.score import score_shard
+    from medtraverse.evaluation.score import score_shard
 
     shard = tmp_path / "shard-0001"
     write_shard(shard, seeds=(3,))
@@ -281,10 +281,10 @@ def test_score_missing_image_is_one_line(tmp_path: Path, trained) -> None:
 
 def test_score_truth_detector_columns(tmp_path: Path, trained) -> None:
     detect = pytest.importorskip(
-        "medtraverse.synth.detect",
-        reason="medtraverse.synth.detect (detect_chexpert) not written yet by the synth helper",
+        "medtraverse.data.synth.detect",
+        reason="medtraverse.data.synth.detect (detect_chexpert) is missing",
     )
-    from medtraverse.score import score_shard
+    from medtraverse.evaluation.score import score_shard
 
     shard = tmp_path / "shard-0002"
     write_shard(shard, seeds=(4,), size=32)

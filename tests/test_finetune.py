@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medtraverse import cli
-from medtraverse.errors import InputError
+from medtraverse.core.errors import InputError
 from tests.test_models import NEUTRAL, make_prep
 
 FAST = {"train_batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 1e-3}
@@ -17,7 +17,7 @@ FAST = {"train_batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate"
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medtraverse.models import build_tiny_pipeline
+    from medtraverse.models.pipeline import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("base") / "tiny", seed=0)
 
@@ -29,7 +29,7 @@ def prep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cache(base: Path, prep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medtraverse.cache import build_cache
+    from medtraverse.models.cache import build_cache
 
     return build_cache(base, prep, tmp_path_factory.mktemp("cache") / "cache", {"flip": True})
 
@@ -47,8 +47,8 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def test_cache_holds_each_image_flip_and_distinct_prompt_once(
     base: Path, prep: Path, cache: Path
 ) -> None:
-    from medtraverse.cache import encode_images, load_cache, load_images, load_manifest
-    from medtraverse.models import load_pipeline
+    from medtraverse.models.cache import encode_images, load_cache, load_images, load_manifest
+    from medtraverse.models.pipeline import load_pipeline
 
     enc = load_cache(cache)
     frame = load_manifest(prep, "train")
@@ -71,8 +71,8 @@ def test_cached_and_on_the_fly_encoding_give_the_same_loss(
 ) -> None:
     from diffusers import DDPMScheduler
 
-    from medtraverse.finetune import CachedInputs, EncodedInputs, diffusion_loss, draw_step
-    from medtraverse.models import load_pipeline
+    from medtraverse.models.finetune import CachedInputs, EncodedInputs, diffusion_loss, draw_step
+    from medtraverse.models.pipeline import load_pipeline
 
     pipe = load_pipeline(base)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -100,7 +100,7 @@ def test_cached_and_on_the_fly_encoding_give_the_same_loss(
 
 
 def test_epoch_order_is_a_permutation_split_across_processes() -> None:
-    from medtraverse.finetune import batch_indices, micro_steps_per_epoch
+    from medtraverse.models.finetune import batch_indices, micro_steps_per_epoch
 
     n, batch, world = 24, 4, 3
     assert micro_steps_per_epoch(n, batch, world) == 2
@@ -149,7 +149,7 @@ class Preempted(Exception):
 def test_resume_after_preemption_gives_identical_weights(
     base: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medtraverse import finetune as ft
+    from medtraverse.models import finetune as ft
 
     params = {
         **FAST,
@@ -186,7 +186,7 @@ def test_resume_after_preemption_gives_identical_weights(
 def test_changed_params_do_not_resume_a_foreign_checkpoint(
     base: Path, cache: Path, tmp_path: Path
 ) -> None:
-    from medtraverse.finetune import finetune
+    from medtraverse.models.finetune import finetune
 
     out = tmp_path / "run" / "pipeline"
     finetune(base, out, {**FAST, "max_train_steps": 1}, cache=cache)
@@ -198,7 +198,7 @@ def test_changed_params_do_not_resume_a_foreign_checkpoint(
 def test_on_the_fly_with_ema_checkpointing_and_validation(
     base: Path, prep: Path, tmp_path: Path
 ) -> None:
-    from medtraverse.finetune import finetune
+    from medtraverse.models.finetune import finetune
 
     out = tmp_path / "run" / "pipeline"
     params = {
@@ -238,7 +238,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
     params: dict,
     message: str,
 ) -> None:
-    from medtraverse.cache import build_cache
+    from medtraverse.models.cache import build_cache
 
     plain = build_cache(base, prep, tmp_path / "cache", {})
     out = tmp_path / "run" / "pipeline"
@@ -255,7 +255,7 @@ def test_cache_rejects_a_manifest_without_prompts(base: Path, prep: Path, tmp_pa
 
     import pandas as pd
 
-    from medtraverse.cache import build_cache
+    from medtraverse.models.cache import build_cache
 
     broken = tmp_path / "prep"
     shutil.copytree(prep, broken)

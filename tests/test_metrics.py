@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medtraverse import metrics
-from medtraverse.errors import InputError
+from medtraverse.core.errors import InputError
+from medtraverse.evaluation import metrics
 
 
 def swap_scores(
@@ -230,7 +230,7 @@ def test_frechet_distance_hand_values_and_bootstrap() -> None:
 def test_lpips_identical_is_zero_random_backbone() -> None:
     import torch
 
-    from medtraverse.backbones import load_lpips
+    from medtraverse.evaluation.backbones import load_lpips
 
     model, label = load_lpips({"lpips_backbone": "random"})
     assert label == "random(seed=0)"
@@ -248,7 +248,7 @@ def test_lpips_identical_is_zero_random_backbone() -> None:
 
 
 def test_lpips_alexnet_missing_stops_with_one_line(tmp_path) -> None:
-    from medtraverse.backbones import check_backbones, load_lpips
+    from medtraverse.evaluation.backbones import check_backbones, load_lpips
 
     params = {
         "lpips_backbone": "alex",
@@ -274,7 +274,7 @@ def test_lpips_alexnet_trunk_loads_from_file(tmp_path) -> None:
     import torch
     import torchvision
 
-    from medtraverse.backbones import load_lpips
+    from medtraverse.evaluation.backbones import load_lpips
 
     torch.manual_seed(3)
     alex = torchvision.models.alexnet(weights=None)
@@ -290,7 +290,7 @@ def test_lpips_alexnet_trunk_loads_from_file(tmp_path) -> None:
 def test_backbones_module_entry_point(tmp_path, capsys) -> None:
     import json
 
-    from medtraverse.backbones import main
+    from medtraverse.evaluation.backbones import main
 
     missing = str(tmp_path / "alexnet-owt-7be5be79.pth")
     assert main(["--params", json.dumps({"lpips_alexnet_path": missing})]) == 2

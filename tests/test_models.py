@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from medtraverse import cli
-from medtraverse.errors import InputError
+from medtraverse.core.errors import InputError
 
 LABELS = (
     "no_finding enlarged_cardiomediastinum cardiomegaly lung_opacity lung_lesion edema "
@@ -62,7 +62,7 @@ def make_prep(root: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medtraverse.models import build_tiny_pipeline
+    from medtraverse.models.pipeline import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("base") / "tiny", seed=0)
 
@@ -76,7 +76,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_bytes_to_unicode_is_a_bijection_on_printables() -> None:
-    from medtraverse.tokenizer import bytes_to_unicode
+    from medtraverse.models.tokenizer import bytes_to_unicode
 
     table = bytes_to_unicode()
     assert len(table) == 256 and len(set(table.values())) == 256
@@ -84,7 +84,7 @@ def test_bytes_to_unicode_is_a_bijection_on_printables() -> None:
 
 
 def test_every_prompt_word_is_one_token() -> None:
-    from medtraverse.tokenizer import PROMPT_TEXTS, build_tokenizer, words_of
+    from medtraverse.models.tokenizer import PROMPT_TEXTS, build_tokenizer, words_of
 
     tokenizer = build_tokenizer()
     for word in words_of(PROMPT_TEXTS):
@@ -122,7 +122,7 @@ def test_tiny_pipeline_loads_in_stock_diffusers_and_generates(tiny: Path) -> Non
 
 
 def test_tiny_pipeline_is_deterministic_from_the_seed(tiny: Path, tmp_path: Path) -> None:
-    from medtraverse.models import build_tiny_pipeline, load_pipeline
+    from medtraverse.models.pipeline import build_tiny_pipeline, load_pipeline
 
     a, b = load_pipeline(tiny), load_pipeline(build_tiny_pipeline(tmp_path / "again", seed=0))
     c = load_pipeline(build_tiny_pipeline(tmp_path / "other", seed=1))
@@ -132,7 +132,7 @@ def test_tiny_pipeline_is_deterministic_from_the_seed(tiny: Path, tmp_path: Path
 
 
 def test_build_base_arch_from_params(tmp_path: Path) -> None:
-    from medtraverse.models import load_pipeline, pipeline_resolution
+    from medtraverse.models.pipeline import load_pipeline, pipeline_resolution
 
     out = tmp_path / "base"
     params = {"resolution": 64, "unet_layers_per_block": 1, "extra_prompts": ["zebra stripes"]}
@@ -146,7 +146,7 @@ def test_build_base_arch_from_params(tmp_path: Path) -> None:
 def test_build_base_real_writes_a_pointer_that_load_pipeline_follows(
     tiny: Path, tmp_path: Path
 ) -> None:
-    from medtraverse.models import is_tiny, load_pipeline, resolve_base
+    from medtraverse.models.pipeline import is_tiny, load_pipeline, resolve_base
 
     out = tmp_path / "real"
     assert (
@@ -182,7 +182,7 @@ def test_build_base_bad_params_one_line_and_nothing_written(
 def test_check_pipeline_folder_names_the_missing_part(tiny: Path, tmp_path: Path) -> None:
     import shutil
 
-    from medtraverse.models import check_pipeline_folder
+    from medtraverse.models.pipeline import check_pipeline_folder
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny, broken)
@@ -192,9 +192,9 @@ def test_check_pipeline_folder_names_the_missing_part(tiny: Path, tmp_path: Path
 
 
 def test_train_vae_learns_and_sets_the_scaling_factor(tiny: Path, tmp_path: Path) -> None:
-    from medtraverse.cache import encode_images, load_images, load_manifest
-    from medtraverse.models import load_pipeline
-    from medtraverse.vae import train_vae
+    from medtraverse.models.cache import encode_images, load_images, load_manifest
+    from medtraverse.models.pipeline import load_pipeline
+    from medtraverse.models.vae import train_vae
 
     prep = make_prep(tmp_path / "prep")
     out = train_vae(tiny, prep, tmp_path / "vae", {"steps": 40, "batch_size": 8})
@@ -218,8 +218,8 @@ def test_train_vae_learns_and_sets_the_scaling_factor(tiny: Path, tmp_path: Path
 
 
 def test_train_vae_refuses_a_real_base_and_bad_images(tiny: Path, tmp_path: Path) -> None:
-    from medtraverse.models import build_base
-    from medtraverse.vae import train_vae
+    from medtraverse.models.pipeline import build_base
+    from medtraverse.models.vae import train_vae
 
     prep = make_prep(tmp_path / "prep")
     pointer = build_base(tmp_path / "real", {"base": str(tiny)})

@@ -523,14 +523,14 @@ def test_bad_input_one_line_exit_2_no_manifest(tmp_path: Path, capsys, case: str
 
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from medtraverse.synth import synthesize
+    from medtraverse.data.synth import synthesize
 
     base = tmp_path_factory.mktemp("twins")
     return {d: synthesize(d, base / d, n=120, size=64, seed=0) for d in ("chexpert", "isic")}
 
 
 def test_prepare_chexpert_twin(twins: dict[str, Path], tmp_path: Path) -> None:
-    from medtraverse.prepare.captions import ChexpertCaption
+    from medtraverse.data.prepare.captions import ChexpertCaption
 
     df = prep_chexpert(twins["chexpert"], tmp_path / "prep", resolution=32)
     truth = pd.read_parquet(twins["chexpert"] / "factors.parquet")

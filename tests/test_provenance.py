@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medtraverse import cli, provenance
+from medtraverse import cli
+from medtraverse.core import provenance
 
 
 def test_record_and_chain_follow_inputs_through_recorded_folders(tmp_path: Path) -> None:

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import submitit
 
-from medtraverse import cli, provenance
-from medtraverse.submit import StageJob, make_executor, wait
+from medtraverse import cli
+from medtraverse.core import provenance
+from medtraverse.hpc.submit import StageJob, make_executor, wait
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = os.environ.get("MEDTRAVERSE_SLURM_ACCOUNT", "ci")
@@ -193,7 +194,7 @@ def _importable_in_jobs(folder: Path, name: str, source: str, monkeypatch) -> No
 RANKS_JOB = """
 import os
 
-from medtraverse.submit import _export_distributed_env
+from medtraverse.hpc.submit import _export_distributed_env
 
 
 def ranks():
@@ -233,7 +234,7 @@ SLOW_JOB = '''
 import time
 from pathlib import Path
 
-from medtraverse.submit import StageJob
+from medtraverse.hpc.submit import StageJob
 
 
 class SlowFirstAttempt(StageJob):

@@ -13,7 +13,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from medtraverse import cli
-from medtraverse.synth import detect, synthesize
+from medtraverse.data.synth import detect, synthesize
 
 CHEXPERT_COLUMNS = [
     "Path",
@@ -289,7 +289,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(
 
 
 def test_a_failed_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from medtraverse.synth import chexpert
+    from medtraverse.data.synth import chexpert
 
     calls = {"n": 0}
     real = chexpert.render_view

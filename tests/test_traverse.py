@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from medtraverse import cli
-from medtraverse.errors import InputError
-from medtraverse.traverse import (
+from medtraverse.core.errors import InputError
+from medtraverse.traversal.engine import (
     TraverseParams,
     UNetCounter,
     generate_latents,
@@ -34,14 +34,14 @@ FAST = {"steps": 10, "swap_steps": [2, 4, 6, 8]}
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medtraverse.models import build_tiny_pipeline
+    from medtraverse.models.pipeline import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("model") / "tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
 def pipe(model_dir: Path) -> Any:
-    from medtraverse.models import load_pipeline
+    from medtraverse.models.pipeline import load_pipeline
 
     p = load_pipeline(model_dir)
     p.set_progress_bar_config(disable=True)
@@ -218,7 +218,7 @@ def test_eta_noise_follows_the_seed_generator(pipe: Any) -> None:
 
 
 def test_bfloat16_path_runs_and_stays_near_float32(model_dir: Path, pipe: Any) -> None:
-    from medtraverse.models import load_pipeline
+    from medtraverse.models.pipeline import load_pipeline
 
     half = load_pipeline(model_dir, dtype=torch.bfloat16)
     params = {"steps": 6, "swap_steps": [3], "batch_size": 2}

@@ -10,32 +10,50 @@ import argparse
 import importlib
 import sys
 
-from medtraverse.errors import InputError
+from medtraverse.core.errors import InputError
 
 STAGES: dict[str, tuple[str, str]] = {
-    "synth": ("medtraverse.synth", "write a synthetic twin of CheXpert or ISIC 2019"),
+    "synth": ("medtraverse.data.synth", "write a synthetic twin of CheXpert or ISIC 2019"),
     "prepare": (
-        "medtraverse.prepare",
+        "medtraverse.data.prepare",
         "build the manifest (splits, prompts, labels, resized images)",
     ),
-    "build-base": ("medtraverse.models", "build the tiny base pipeline, or check a real SD folder"),
-    "train-vae": ("medtraverse.vae", "train the tiny base's VAE (demo only)"),
+    "build-base": (
+        "medtraverse.models.pipeline",
+        "build the tiny base pipeline, or check a real SD folder",
+    ),
+    "train-vae": ("medtraverse.models.vae", "train the tiny base's VAE (demo only)"),
     "cache": (
-        "medtraverse.cache",
+        "medtraverse.models.cache",
         "encode training images and prompts once with the frozen encoders",
     ),
-    "finetune": ("medtraverse.finetune", "fine-tune the U-Net (accelerate, checkpoints, resume)"),
-    "sample-grid": ("medtraverse.samples", "neutral vs attribute samples from the same seeds"),
+    "finetune": (
+        "medtraverse.models.finetune",
+        "fine-tune the U-Net (accelerate, checkpoints, resume)",
+    ),
+    "sample-grid": (
+        "medtraverse.models.samples",
+        "neutral vs attribute samples from the same seeds",
+    ),
     "traverse": (
-        "medtraverse.traverse",
+        "medtraverse.traversal.engine",
         "generate one shard of swap trajectories and Bezier frames",
     ),
-    "train-classifier": ("medtraverse.classify", "train an EfficientNet-B0 attribute classifier"),
-    "score": ("medtraverse.score", "classifier probabilities for every generated image of a shard"),
-    "aggregate": ("medtraverse.aggregate", "CFRT, LPIPS, cosine, t-SNE, FID with bootstrap CIs"),
-    "figures": ("medtraverse.figures", "traversal grids, Bezier strips and metric plots"),
-    "provenance": ("medtraverse.provenance", "print an artifact's provenance chain"),
-    "submit": ("medtraverse.submit", "run one stage as a one-off SLURM job (submitit)"),
+    "train-classifier": (
+        "medtraverse.evaluation.classify",
+        "train an EfficientNet-B0 attribute classifier",
+    ),
+    "score": (
+        "medtraverse.evaluation.score",
+        "classifier probabilities for every generated image of a shard",
+    ),
+    "aggregate": (
+        "medtraverse.report.aggregate",
+        "CFRT, LPIPS, cosine, t-SNE, FID with bootstrap CIs",
+    ),
+    "figures": ("medtraverse.report.figures", "traversal grids, Bezier strips and metric plots"),
+    "provenance": ("medtraverse.core.provenance", "print an artifact's provenance chain"),
+    "submit": ("medtraverse.hpc.submit", "run one stage as a one-off SLURM job (submitit)"),
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from medtraverse.errors import InputError
+from medtraverse.core.errors import InputError
 
 
 def _key(path: Any) -> str:

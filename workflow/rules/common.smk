@@ -5,6 +5,9 @@ import math
 import shlex
 from pathlib import Path
 
+from medtraverse.cli import STAGES
+from medtraverse.core.imports import module_closure
+
 RESULTS = f"{config['results']}/{config['run']}"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
@@ -41,15 +44,10 @@ def section(name):
     return params
 
 
-def source_files(*names):
-    """The stage's own source modules: inputs of its jobs, so editing a stage reruns only its jobs."""
-    files = []
-    for name in names:
-        path = SRC / name
-        files += (
-            sorted(str(p) for p in path.glob("*.py")) if path.is_dir() else [str(path)]
-        )
-    return files
+def stage_code(stage):
+    """The files of every package module the stage runs (derived from its imports): editing
+    any of them reruns exactly that stage's jobs."""
+    return [str(p) for p in module_closure(STAGES[stage][0], SRC)]
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -282,7 +280,7 @@ def metrics_params(wildcards):
 
 def check_backbones_early():
     """Stop before any GPU work when a backbone a metric needs (LPIPS AlexNet) is missing."""
-    from medtraverse.backbones import check_backbones
+    from medtraverse.evaluation.backbones import check_backbones
 
     for name, ds in config["datasets"].items():
         for line in check_backbones({**ds.get("metrics", {}), **ds.get("score", {})}):

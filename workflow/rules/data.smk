@@ -3,7 +3,7 @@
 
 rule synthesize_dataset:
     input:
-        src=source_files("synth"),
+        src=stage_code("synth"),
     output:
         directory(f"{RESULTS}/data/{{dataset}}/raw"),
     log:
@@ -22,7 +22,7 @@ rule synthesize_dataset:
 rule prepare_dataset:
     input:
         raw=raw_input,
-        src=source_files("prepare"),
+        src=stage_code("prepare"),
     output:
         directory(f"{RESULTS}/data/{{dataset}}/prepared"),
     log:

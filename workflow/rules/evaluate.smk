@@ -8,7 +8,7 @@ onstart:
 rule train_classifier:
     input:
         data=f"{RESULTS}/data/{{dataset}}/prepared",
-        src=source_files("classify.py", "backbones.py"),
+        src=stage_code("train-classifier"),
     output:
         directory(f"{RESULTS}/classifiers/{{dataset}}/{{classifier}}"),
     log:
@@ -32,7 +32,7 @@ rule score_shard:
     input:
         shard=f"{RESULTS}/traversals/{{dataset}}/{{trajectory}}/shard-{{shard}}",
         classifiers=classifier_dirs,
-        src=source_files("score.py"),
+        src=stage_code("score"),
     output:
         f"{RESULTS}/scores/{{dataset}}/{{trajectory}}/shard-{{shard}}.parquet",
     log:
@@ -57,7 +57,7 @@ rule aggregate_metrics:
         shards=all_shard_dirs,
         classifiers=classifier_dirs,
         data=f"{RESULTS}/data/{{dataset}}/prepared",
-        src=source_files("aggregate.py", "metrics.py", "figures.py"),
+        src=stage_code("aggregate"),
     output:
         report(
             directory(f"{RESULTS}/metrics/{{dataset}}"),

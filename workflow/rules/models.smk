@@ -3,7 +3,7 @@
 
 rule build_base:
     input:
-        src=source_files("models.py", "tokenizer.py"),
+        src=stage_code("build-base"),
     output:
         directory(f"{RESULTS}/models/{{dataset}}/base"),
     log:
@@ -23,7 +23,7 @@ rule train_vae:
     input:
         base=f"{RESULTS}/models/{{dataset}}/base",
         data=f"{RESULTS}/data/{{dataset}}/prepared",
-        src=source_files("vae.py"),
+        src=stage_code("train-vae"),
     output:
         directory(f"{RESULTS}/models/{{dataset}}/base-vae"),
     log:
@@ -44,7 +44,7 @@ rule cache_encoders:
     input:
         base=base_pipeline,
         data=f"{RESULTS}/data/{{dataset}}/prepared",
-        src=source_files("cache.py"),
+        src=stage_code("cache"),
     output:
         directory(f"{RESULTS}/models/{{dataset}}/cache"),
     log:
@@ -65,7 +65,7 @@ rule finetune_unet:
     input:
         base=base_pipeline,
         cache=f"{RESULTS}/models/{{dataset}}/cache",
-        src=source_files("finetune.py"),
+        src=stage_code("finetune"),
     output:
         directory(f"{RESULTS}/models/{{dataset}}/pipeline"),
     log:
@@ -90,7 +90,7 @@ rule finetune_unet:
 rule sample_grid:
     input:
         model=f"{RESULTS}/models/{{dataset}}/pipeline",
-        src=source_files("samples.py"),
+        src=stage_code("sample-grid"),
     output:
         report(
             f"{RESULTS}/models/{{dataset}}/samples.png",

@@ -4,7 +4,7 @@
 rule traverse_shard:
     input:
         model=f"{RESULTS}/models/{{dataset}}/pipeline",
-        src=source_files("traverse.py", "bezier.py"),
+        src=stage_code("traverse"),
     output:
         directory(f"{RESULTS}/traversals/{{dataset}}/{{trajectory}}/shard-{{shard}}"),
     log:

@@ -1,0 +1,1 @@
+"""The bottom layer: errors, atomic io, parameters, provenance, seeding, formats, shared helpers."""

@@ -1,0 +1,1 @@
+"""Raw data to manifests: the synthetic twins and dataset preparation."""

@@ -1,0 +1,219 @@
+"""Read ISIC 2019's ground truth and a Bissoto-format artifact table into checked rows.
+
+Only melanoma (MEL) and nevus (NV) rows are kept. Artifacts come from a separate table
+(semicolon- or comma-separated, leading unnamed index column allowed, ``image`` matched on its
+id stem); soft scores become flags with ``score >= artifact_threshold`` (0/1 flags unchanged).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medtraverse.core.errors import bad_input
+from medtraverse.core.formats import ISIC_ARTIFACTS
+from medtraverse.data.prepare.captions import ISIC_LABELS, IsicCaption, typed
+from medtraverse.data.prepare.chexpert import escapes, read_table
+
+KEYS = {
+    "ground_truth",
+    "image_dir",
+    "image_ext",
+    "artifact_threshold",
+    "missing_artifacts",
+    "stratify",
+    "caption",
+}
+MISSING_ARTIFACTS = ("drop", "zeros")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SUFFIX = "_downsampled"
+
+
+@dataclass(frozen=True)
+class IsicParams:
+    """The ISIC-specific part of the prepare config section (paper/code values as defaults)."""
+
+    ground_truth: str = "ISIC_2019_Training_GroundTruth.csv"
+    image_dir: str = "ISIC_2019_Training_Input"
+    image_ext: str = ".jpg"
+    artifact_threshold: float = 0.9
+    missing_artifacts: str = "drop"
+    stratify: bool = True
+    caption: IsicCaption = field(default_factory=IsicCaption)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], where: str = "params") -> IsicParams:
+        d = cls()
+        threshold = typed(params, "artifact_threshold", float, d.artifact_threshold, where)
+        if not 0.0 <= threshold <= 1.0:
+            raise bad_input(f"{where}.artifact_threshold", f"got {threshold}", "a number in [0, 1]")
+        missing = typed(params, "missing_artifacts", str, d.missing_artifacts, where)
+        if missing not in MISSING_ARTIFACTS:
+            raise bad_input(
+                f"{where}.missing_artifacts", f"unknown policy {missing!r}", "drop or zeros"
+            )
+        out = cls(
+            ground_truth=typed(params, "ground_truth", str, d.ground_truth, where),
+            image_dir=typed(params, "image_dir", str, d.image_dir, where),
+            image_ext=typed(params, "image_ext", str, d.image_ext, where),
+            artifact_threshold=threshold,
+            missing_artifacts=missing,
+            stratify=typed(params, "stratify", bool, d.stratify, where),
+            caption=IsicCaption.from_params(params.get("caption"), f"{where}.caption"),
+        )
+        for key in ("ground_truth", "image_dir"):
+            if escapes(getattr(out, key)):
+                raise bad_input(
+                    f"{where}.{key}",
+                    f"{getattr(out, key)!r} leaves the dataset root",
+                    "a relative path",
+                )
+        if not out.image_ext.startswith(".") or "/" in out.image_ext:
+            raise bad_input(
+                f"{where}.image_ext", f"got {out.image_ext!r}", "an extension like '.jpg'"
+            )
+        return out
+
+
+def match_key(image: str) -> str:
+    """The id an image is matched on: no extension, no ``_downsampled`` suffix."""
+    stem = image.strip()
+    for ext in (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    return stem[: -len(_SUFFIX)] if stem.endswith(_SUFFIX) else stem
+
+
+def read_artifacts(path: Path, threshold: float) -> pd.DataFrame:
+    """The artifact table as 0/1 flags indexed by match key (soft scores thresholded)."""
+    if not path.is_file():
+        raise bad_input(path, "file not found", "an artifact table (Bissoto et al. format)")
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        header = handle.readline()
+    sep = ";" if header.count(";") > header.count(",") else ","
+    required = ("image", *ISIC_ARTIFACTS)
+    df = read_table(path, required, "an artifact table (;image;dark_corner;hair;...)", sep=sep)
+    scores = {}
+    for column in ISIC_ARTIFACTS:
+        values = pd.to_numeric(df[column].str.strip(), errors="coerce")
+        bad = values.isna() | (values < 0) | (values > 1)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise bad_input(
+                f"{path} row {row + 2} column {column!r}",
+                f"got {df[column].iloc[row]!r}",
+                "a flag 0/1 or a score in [0, 1]",
+            )
+        scores[column] = (values >= threshold).astype("int64")
+    flags = pd.DataFrame(scores)
+    flags["key"] = [match_key(v) for v in df["image"]]
+    flags["origin"] = [f"{path} row {i + 2}" for i in range(len(df))]
+    dup = flags["key"].duplicated(keep=False)
+    if dup.any():
+        groups = flags.loc[dup].groupby("key")
+        for key, group in groups:
+            if len(group[list(ISIC_ARTIFACTS)].drop_duplicates()) > 1:
+                raise bad_input(
+                    group["origin"].iloc[1],
+                    f"image {key!r} also at {group['origin'].iloc[0]} with other flags",
+                    "one artifact row per image",
+                )
+        flags = flags.drop_duplicates("key")
+    return flags.set_index("key")
+
+
+def load(
+    root: Path, artifacts: Path, params: IsicParams
+) -> tuple[pd.DataFrame, list[Path], dict[str, Any]]:
+    """Checked rows (one per MEL/NV image kept), the tables read, and counts of what was dropped.
+
+    Rows carry ``image_id``, ``source_path`` (relative to the root), ``source_file``,
+    ``origin``, ``group`` (the image: ISIC 2019 gives no patient), ``stratum``, ``prompt``,
+    ``label``, ``mel`` and the seven artifact flags.
+    """
+    gt_path = root / params.ground_truth
+    gt = read_table(gt_path, ("image", *ISIC_LABELS), "ISIC_2019_Training_GroundTruth.csv")
+    onehot = {}
+    for column in ISIC_LABELS:
+        values = pd.to_numeric(gt[column].str.strip(), errors="coerce")
+        bad = ~values.isin([0.0, 1.0])
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise bad_input(
+                f"{gt_path} row {row + 2} column {column!r}",
+                f"unknown label value {gt[column].iloc[row]!r}",
+                "1.0 or 0.0 (one-hot)",
+            )
+        onehot[column] = values.to_numpy()
+    both = (onehot["MEL"] == 1) & (onehot["NV"] == 1)
+    if both.any():
+        row = int(np.flatnonzero(both)[0])
+        raise bad_input(f"{gt_path} row {row + 2}", "both MEL and NV are 1.0", "one-hot labels")
+    keep = (onehot["MEL"] == 1) | (onehot["NV"] == 1)
+    notes: dict[str, Any] = {"rows_read": int(len(gt)), "dropped_other_classes": int((~keep).sum())}
+
+    folder = root / params.image_dir
+    if not folder.is_dir():
+        folder = root
+    rel_folder = folder.relative_to(root)
+    records: dict[str, list[Any]] = {
+        k: [] for k in ("image_id", "source_path", "source_file", "origin", "label", "key")
+    }
+    for i in np.flatnonzero(keep):
+        image = gt["image"].iloc[i].strip()
+        where = f"{gt_path} row {int(i) + 2} column 'image'"
+        if escapes(image) or not _ID.match(image) or ".." in image:
+            raise bad_input(where, f"{image!r} leaves the dataset root", "an id like ISIC_0000000")
+        source = folder / f"{image}{params.image_ext}"
+        if not source.exists():
+            alt = folder / f"{image}{_SUFFIX}{params.image_ext}"
+            source = alt if alt.exists() else source
+        records["image_id"].append(image)
+        records["source_path"].append((rel_folder / source.name).as_posix())
+        records["source_file"].append(str(source))
+        records["origin"].append(f"{gt_path} row {int(i) + 2}")
+        records["label"].append("MEL" if onehot["MEL"][i] == 1 else "NV")
+        records["key"].append(match_key(image))
+    rows = pd.DataFrame(records)
+    if rows.empty:
+        raise bad_input(gt_path, "no MEL or NV rows", "at least one row with MEL or NV = 1.0")
+    dup = rows["image_id"].duplicated(keep=False)
+    if dup.any():
+        raise bad_input(
+            rows.loc[dup, "origin"].iloc[1],
+            f"image {rows.loc[dup, 'image_id'].iloc[0]!r} listed twice",
+            "each image once",
+        )
+
+    flags = read_artifacts(artifacts, params.artifact_threshold)
+    found = rows["key"].isin(flags.index)
+    if not found.any():
+        raise bad_input(
+            artifacts,
+            f"none of its {len(flags)} image ids matches a MEL/NV image of {gt_path}",
+            "ids like ISIC_0000000(.png) from the same dataset",
+        )
+    if params.missing_artifacts == "drop":
+        notes["dropped_missing_artifacts"] = int((~found).sum())
+        rows = rows.loc[found].reset_index(drop=True)
+    else:
+        notes["zeros_for_missing_artifacts"] = int((~found).sum())
+    table = flags.reindex(rows["key"])[list(ISIC_ARTIFACTS)].fillna(0).astype("int64")
+    for column in ISIC_ARTIFACTS:
+        rows[column] = table[column].to_numpy()
+    rows["mel"] = (rows["label"] == "MEL").astype("int64")
+    rows["prompt"] = [
+        params.caption.prompt(label, flag)
+        for label, flag in zip(
+            rows["label"], rows[list(ISIC_ARTIFACTS)].to_dict("records"), strict=True
+        )
+    ]
+    rows["group"] = rows["image_id"]
+    rows["stratum"] = rows["label"] if params.stratify else ""
+    return rows.drop(columns="key"), [gt_path, artifacts], notes

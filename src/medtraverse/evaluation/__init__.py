@@ -1,0 +1,1 @@
+"""Classifiers on real images, scores of generated images, metrics, LPIPS/FID backbones."""

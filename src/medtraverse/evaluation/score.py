@@ -1,0 +1,285 @@
+"""Classifier probabilities for every generated image of one traversal shard.
+
+``medtraverse score --shard SHARD_DIR --classifier DIR [--classifier DIR ...] --out PARQUET
+--params JSON``
+
+Reads ``<shard>/meta.parquet`` (one row per image: neutral, swaps, Bezier frames) and writes one
+parquet with the meta columns ``seed, kind, k, frame, t, path`` (plus ``dataset``, ``trajectory``
+when the meta has them, and ``shard``, the shard folder's name) and one ``p_<attribute>`` column
+per attribute of every classifier (sigmoid outputs). Batched, no_grad, float16 autocast on CUDA.
+Attribute names must be unique across the classifiers.
+
+Optional columns:
+
+- ``truth_<factor>``: the synthetic twins' ground-truth detector scores, when the param
+  ``truth_detector`` is "chexpert" or "isic" (``medtraverse.data.synth.detect.detect_<name>``).
+- ``lpips`` (+ ``lpips_backbone``): LPIPS of each swap to the seed's neutral image and of each
+  Bezier frame to frame 0 (0 for the reference images themselves), when the param
+  ``lpips_backbone`` is set ("alex" or "random"; see backbones.py). Computing it here keeps the
+  GPU work sharded; aggregate uses this column when present and computes LPIPS itself otherwise.
+
+Params: batch_size 64, device "auto", amp true, truth_detector None, lpips_backbone None,
+lpips_alexnet_path None, lpips_random_seed 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medtraverse.core.errors import InputError, bad_input
+from medtraverse.core.params import load_params
+
+META_COLUMNS = ("seed", "kind", "k", "frame", "t", "path")
+KINDS = ("neutral", "swap", "bezier")
+TRUTH_DETECTORS = ("chexpert", "isic")
+_KNOWN = {
+    "batch_size",
+    "device",
+    "amp",
+    "truth_detector",
+    "lpips_backbone",
+    "lpips_alexnet_path",
+    "lpips_random_seed",
+    "lpips_batch_size",
+}
+
+
+def read_shard_meta(shard: Path) -> pd.DataFrame:
+    """The shard's meta.parquet with absolute paths in ``abs_path``; one-line errors."""
+    meta_path = shard / "meta.parquet"
+    if not meta_path.is_file():
+        raise bad_input(meta_path, "not found", "a traversal shard folder with meta.parquet")
+    try:
+        meta = pd.read_parquet(meta_path)
+    except Exception as err:  # noqa: BLE001
+        raise bad_input(
+            meta_path, f"cannot be read ({type(err).__name__})", "a parquet file"
+        ) from None
+    for col in META_COLUMNS:
+        if col not in meta.columns:
+            raise bad_input(meta_path, f"no column {col!r}", f"columns {', '.join(META_COLUMNS)}")
+    bad = ~meta["kind"].isin(KINDS)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise bad_input(
+            f"{meta_path} row {row}", f"kind {meta['kind'].iloc[row]!r}", "neutral, swap or bezier"
+        )
+    root = shard.resolve()
+    paths = []
+    for row, rel in enumerate(meta["path"]):
+        path = (root / str(rel)).resolve()
+        if not path.is_relative_to(root):
+            raise bad_input(
+                f"{meta_path} row {row}",
+                f"path {rel!r} escapes the shard",
+                "a path inside the shard",
+            )
+        if not path.is_file():
+            raise bad_input(f"{meta_path} row {row}", f"image {rel!r} not found", "an existing PNG")
+        paths.append(path)
+    meta = meta.reset_index(drop=True).copy()
+    meta["abs_path"] = paths
+    return meta
+
+
+def _load_detector(name: str) -> Any:
+    try:
+        from medtraverse.data.synth import detect
+    except ImportError as err:
+        raise InputError(
+            f"params.truth_detector: {name!r} needs medtraverse.data.synth.detect ({err}); "
+            "expected the synth package to be installed"
+        ) from None
+    fn = getattr(detect, f"detect_{name}", None)
+    if fn is None:
+        raise bad_input(
+            "params.truth_detector",
+            f"medtraverse.data.synth.detect has no detect_{name}",
+            "detect_chexpert or detect_isic",
+        )
+    return fn
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def lpips_column(meta: pd.DataFrame, params: dict[str, Any], device: str) -> tuple[np.ndarray, str]:
+    """LPIPS of each row to its reference (neutral for swaps, frame 0 for frames), at the
+    images' own resolution, inputs in [-1, 1]; images are read again batch by batch (only the
+    reference images stay in memory)."""
+    import torch
+
+    from medtraverse.evaluation.backbones import load_lpips
+    from medtraverse.evaluation.metrics import lpips_distances
+
+    model, label = load_lpips(params, device)
+    ref_of: dict[tuple[int, str], Path] = {}
+    for seed, kind, frame, path in zip(
+        meta["seed"], meta["kind"], meta["frame"], meta["abs_path"], strict=True
+    ):
+        if kind == "neutral":
+            ref_of[(int(seed), "swap")] = path
+        elif kind == "bezier" and int(frame) == 0:
+            ref_of[(int(seed), "bezier")] = path
+    values = np.zeros(len(meta))
+    pairs = [
+        (i, ref_of.get((int(s), k)), p)
+        for i, (s, k, p) in enumerate(
+            zip(meta["seed"], meta["kind"], meta["abs_path"], strict=True)
+        )
+        if k != "neutral"
+    ]
+    for i, ref, _ in pairs:
+        if ref is None:
+            row = meta.iloc[i]
+            what = "neutral image" if row["kind"] == "swap" else "bezier frame 0"
+            raise bad_input(
+                f"meta.parquet row {i}",
+                f"seed {row['seed']} has no {what}",
+                "a reference image for LPIPS",
+            )
+    batch = int(params.get("lpips_batch_size", 32))
+    refs: dict[Path, np.ndarray] = {}
+
+    def as_tensor(paths: list[Path], cache: bool = False) -> Any:
+        if cache:
+            for q in paths:
+                if q not in refs:
+                    refs[q] = _read_rgb(q)
+            arr = np.stack([refs[q] for q in paths])
+        else:
+            arr = np.stack([_read_rgb(q) for q in paths])
+        if min(arr.shape[1:3]) < 32:
+            raise bad_input(
+                paths[0],
+                f"image of {arr.shape[2]}x{arr.shape[1]} px",
+                "at least 32 px for LPIPS (AlexNet)",
+            )
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(device)
+
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
+        a, b = as_tensor([c[1] for c in chunk], cache=True), as_tensor([c[2] for c in chunk])
+        d = lpips_distances(model, a, b, batch)
+        values[[c[0] for c in chunk]] = d
+    return values, label
+
+
+def score_shard(
+    shard: str | Path, classifiers: list[str | Path], out: str | Path, params: dict[str, Any]
+) -> pd.DataFrame:
+    """Score every image of ``shard`` with every classifier and write ``out`` (parquet)."""
+    from tqdm import tqdm
+
+    from medtraverse.core import provenance
+    from medtraverse.core.device import resolve_device
+    from medtraverse.core.io import write_parquet
+    from medtraverse.evaluation.classify import load_classifier, load_image
+
+    shard, out = Path(shard), Path(out)
+    for key in params:
+        if key not in _KNOWN:
+            raise bad_input(f"params.{key}", "unknown key", f"one of {', '.join(sorted(_KNOWN))}")
+    batch_size = params.get("batch_size", 64)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise bad_input("params.batch_size", f"got {batch_size!r}", "an integer >= 1")
+    detector_name = params.get("truth_detector")
+    if detector_name is not None and detector_name not in TRUTH_DETECTORS:
+        raise bad_input(
+            "params.truth_detector", f"got {detector_name!r}", "null, 'chexpert' or 'isic'"
+        )
+    if not classifiers:
+        raise InputError("--classifier: none given; expected at least one classifier folder")
+    if params.get("lpips_backbone") is not None:
+        from medtraverse.evaluation.backbones import check_backbones
+
+        check_backbones({k: v for k, v in params.items() if k.startswith("lpips")})
+    detector = _load_detector(detector_name) if detector_name else None
+    meta = read_shard_meta(shard)
+    device = resolve_device(str(params.get("device", "auto")))
+    amp = bool(params.get("amp", True))
+    models = [load_classifier(c, device=device, amp=amp) for c in classifiers]
+    seen: dict[str, Path] = {}
+    for folder, model in zip(classifiers, models, strict=True):
+        for attr in model.attributes:
+            if attr in seen:
+                raise bad_input(
+                    folder,
+                    f"attribute {attr!r} also in {seen[attr]}",
+                    "unique attributes across classifiers",
+                )
+            seen[attr] = Path(folder)
+
+    keep = [c for c in (*META_COLUMNS, "dataset", "trajectory") if c in meta.columns]
+    table = meta[keep].copy()
+    table["shard"] = shard.name
+    probs = {attr: np.zeros(len(meta), dtype=np.float64) for attr in seen}
+    truths: dict[str, np.ndarray] = {}
+    paths = list(meta["abs_path"])
+    for start in tqdm(range(0, len(paths), batch_size), desc=f"score {shard.name}", disable=None):
+        chunk = paths[start : start + batch_size]
+        native = [_read_rgb(path) for path in chunk]
+        for model in models:
+            sized = [
+                im if im.shape[:2] == (model.image_size,) * 2 else load_image(q, model.image_size)
+                for im, q in zip(native, chunk, strict=True)
+            ]
+            p = model.predict_proba(np.stack(sized), batch_size=batch_size)
+            for j, attr in enumerate(model.attributes):
+                probs[attr][start : start + len(chunk)] = p[:, j]
+        if detector is not None:
+            for offset, im in enumerate(native):
+                for factor, value in detector(im).items():
+                    truths.setdefault(factor, np.full(len(meta), np.nan))[start + offset] = float(
+                        value
+                    )
+    for attr, values in probs.items():
+        table[f"p_{attr}"] = values
+    for factor, values in sorted(truths.items()):
+        table[f"truth_{factor}"] = values
+    if params.get("lpips_backbone") is not None:
+        table["lpips"], table["lpips_backbone"] = lpips_column(meta, params, device)
+    write_parquet(table, out)
+    provenance.record(
+        out,
+        stage="score",
+        params=params,
+        inputs=[shard, *classifiers],
+        extra={
+            "rows": len(table),
+            "attributes": list(seen),
+            "device": device,
+            "truth_detector": detector_name,
+        },
+    )
+    return table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shard", type=Path, required=True, help="traversal shard folder (meta.parquet, images)"
+    )
+    parser.add_argument(
+        "--classifier",
+        type=Path,
+        action="append",
+        required=True,
+        help="classifier folder (repeat for several)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output parquet")
+    parser.add_argument("--params", default="{}", help="score params as JSON or @file")
+
+
+def main(args: argparse.Namespace) -> None:
+    table = score_shard(args.shard, args.classifier, args.out, load_params(args.params))
+    print(f"score: {len(table)} images -> {args.out}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Submitting stages to SLURM outside the DAG."""

@@ -1,0 +1,1 @@
+"""Stable Diffusion parts: pipelines, tokenizer, VAE, encoder cache, fine-tuning, samples."""

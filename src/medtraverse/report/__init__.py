@@ -1,0 +1,1 @@
+"""Aggregated metrics, tables and figures."""

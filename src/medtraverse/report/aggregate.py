@@ -1,0 +1,1075 @@
+"""Metrics per trajectory over all shards, with 95% bootstrap intervals over seeds, as tables.
+
+``medtraverse aggregate --scores PATH [PATH ...] --out DIR --params JSON
+[--traversals PATH [PATH ...]] [--classifiers DIR [DIR ...]] [--manifest PARQUET]``
+
+- ``--scores``: score parquets (``medtraverse score``) or folders searched for ``*.parquet``
+  (one trajectory's folder, a dataset's, or several).
+- ``--traversals``: traversal shard folders, or folders searched for ``*/meta.parquet``; needed
+  for LPIPS (unless the scores carry an ``lpips`` column), cosine, t-SNE and the image figures.
+- ``--classifiers``: classifier folders (their ``metrics.csv``) for the classifier table.
+- ``--manifest``: the real data's manifest, for FID against its test split.
+
+Writes the ``--out`` folder (atomically; layout ``results/<run>/metrics/<dataset>/``):
+
+- ``cfrt.{csv,md,tex}``: one row per dataset, trajectory, ``source`` (classifier = ``p_*``,
+  truth = the twins' detectors ``truth_*``), ``version`` (swap | bezier) and ``variant``
+  (authors | strict; see metrics.py), with value, ci_low, ci_high, n_seeds and, when
+  ``reference`` is true, the authors' numbers (``ref_code``: METHOD.md section 7 / the authors'
+  code; ``ref_poster``: the poster) on the authors-variant classifier rows;
+- ``cfrt_per_seed.parquet``: the per-seed indicators and shifts;
+- ``lpips.{csv,md,tex}``: per trajectory and version (swap: neutral vs each swap, mean over swap
+  steps; bezier: frame 0 vs each later frame), with the ``lpips_backbone`` column and a
+  ``comparable`` flag (false for the random trunk); ``lpips_per_step.csv`` per k / frame;
+- ``cosine.{csv,md,tex}``: per trajectory and swap step k, mean cosine over seeds with CI;
+- ``probability.csv``: mean probability of every attribute per trajectory and swap step;
+- ``fid.{csv,md,tex}``: FID rows, or a row whose ``note`` says why it was skipped;
+- ``classifiers.{csv,md,tex}``: test accuracy / F1 / AUROC per attribute (+ poster numbers);
+- ``summary.{csv,md,tex}``: the paper's table: CFRT and LPIPS for swaps and interpolations per
+  trajectory ("value [lo, hi]"), with a footnote on the LPIPS backbone;
+- ``tsne.csv`` and ``figures/*.png`` (figures.py), ``provenance.json``.
+
+Params (the ``metrics`` config section), defaults in brackets: attributes [all ``p_*`` columns
+but the label], label [None; ISIC: "mel"], trajectories [{} : name -> target attribute; else the
+trajectory name itself or its ``_<attribute>`` suffix], swap_steps [[5, 10, 15]],
+bezier_frames [[30..49]], threshold [0.5], truth_threshold [0.5], n_boot [1000], seed [0],
+lpips_backbone ["alex"], lpips_alexnet_path, lpips_random_seed [0], lpips_batch_size [32],
+lpips_swap_steps [all], lpips_frames [all but 0], inception_weights [None], fid_swap_step [5],
+fid_n_boot [100], fid_batch_size [32], tsne_max_seeds [100], tsne_perplexity [30], tsne_pca [50],
+reference [false], figures [true], figure_seeds [4], strip_frames [10], device ["auto"],
+dataset [from the scores].
+
+FID compares, per trajectory, the neutral images with the real test images whose target is 0
+and the swaps at ``fid_swap_step`` with those whose target is 1 (Inception pool features, 2048-d,
+scipy sqrtm); its interval resamples the generated images only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medtraverse.core.errors import bad_input
+from medtraverse.core.params import load_params
+from medtraverse.core.tables import cell, to_markdown, write_tables
+from medtraverse.traversal.shards import find_shards
+
+# The authors' numbers. "code": METHOD.md section 7 (the authors' code outputs; LPIPS for CheXpert
+# only); "poster": the MIDL 2025 poster (two decimals). They differ for some ISIC ink/ruler cells.
+REFERENCE: dict[str, dict[str, dict[str, dict[str, float]]]] = {
+    "chexpert": {
+        "support_devices": {
+            "cfrt_swap": {"code": 0.888, "poster": 0.89},
+            "cfrt_bezier": {"code": 0.863, "poster": 0.86},
+            "lpips_swap": {"code": 0.0515, "poster": 0.05},
+            "lpips_bezier": {"code": 0.0441, "poster": 0.04},
+            "fid": {"code": 51.42},
+        },
+        "pleural_effusion": {
+            "cfrt_swap": {"code": 0.781, "poster": 0.78},
+            "cfrt_bezier": {"code": 0.730, "poster": 0.73},
+            "lpips_swap": {"code": 0.2400, "poster": 0.24},
+            "lpips_bezier": {"code": 0.2167, "poster": 0.22},
+            "fid": {"code": 59.64},
+        },
+    },
+    "isic": {
+        "mel_hair": {
+            "cfrt_swap": {"code": 0.907, "poster": 0.91},
+            "cfrt_bezier": {"code": 0.876, "poster": 0.88},
+            "lpips_swap": {"poster": 0.08},
+            "lpips_bezier": {"poster": 0.05},
+        },
+        "mel_gel_bubble": {
+            "cfrt_swap": {"code": 0.985, "poster": 0.99},
+            "cfrt_bezier": {"code": 0.992, "poster": 0.99},
+            "lpips_swap": {"poster": 0.09},
+            "lpips_bezier": {"poster": 0.08},
+        },
+        "mel_ruler": {
+            "cfrt_swap": {"code": 0.721, "poster": 0.74},
+            "cfrt_bezier": {"code": 0.791, "poster": 0.79},
+            "lpips_swap": {"poster": 0.11},
+            "lpips_bezier": {"poster": 0.08},
+        },
+        "mel_ink": {
+            "cfrt_swap": {"code": 0.412, "poster": 0.59},
+            "cfrt_bezier": {"code": 0.62, "poster": 0.62},
+            "lpips_swap": {"poster": 0.12},
+            "lpips_bezier": {"poster": 0.09},
+        },
+        "nv_hair": {
+            "cfrt_swap": {"code": 0.855, "poster": 0.86},
+            "cfrt_bezier": {"code": 0.93, "poster": 0.93},
+            "lpips_swap": {"poster": 0.05},
+            "lpips_bezier": {"poster": 0.04},
+        },
+        "nv_gel_bubble": {
+            "cfrt_swap": {"code": 0.973, "poster": 0.97},
+            "cfrt_bezier": {"code": 0.993, "poster": 0.99},
+            "lpips_swap": {"poster": 0.09},
+            "lpips_bezier": {"poster": 0.07},
+        },
+        "nv_ruler": {
+            "cfrt_swap": {"code": 0.956, "poster": 0.95},
+            "cfrt_bezier": {"code": 0.975, "poster": 0.97},
+            "lpips_swap": {"poster": 0.10},
+            "lpips_bezier": {"poster": 0.07},
+        },
+        "nv_ink": {
+            "cfrt_swap": {"code": 0.511, "poster": 0.71},
+            "cfrt_bezier": {"code": 0.682, "poster": 0.72},
+            "lpips_swap": {"poster": 0.06},
+            "lpips_bezier": {"poster": 0.04},
+        },
+    },
+}
+# The poster's classifier table (test accuracy / F1).
+REFERENCE_CLASSIFIERS: dict[str, dict[str, dict[str, float]]] = {
+    "chexpert": {
+        "support_devices": {"accuracy": 0.86, "f1": 0.88},
+        "pleural_effusion": {"accuracy": 0.80, "f1": 0.79},
+    },
+    "isic": {
+        "mel": {"accuracy": 0.91, "f1": 0.88},
+        "hair": {"accuracy": 0.93, "f1": 0.91},
+        "gel_bubble": {"accuracy": 0.94, "f1": 0.78},
+        "ink": {"accuracy": 0.96, "f1": 0.89},
+        "ruler": {"accuracy": 0.97, "f1": 0.88},
+    },
+}
+
+_DEFAULTS: dict[str, Any] = {
+    "attributes": None,
+    "label": None,
+    "trajectories": {},
+    "swap_steps": [5, 10, 15],
+    "bezier_frames": list(range(30, 50)),
+    "threshold": 0.5,
+    "truth_threshold": 0.5,
+    "n_boot": 1000,
+    "seed": 0,
+    "lpips_backbone": "alex",
+    "lpips_alexnet_path": None,
+    "lpips_random_seed": 0,
+    "lpips_batch_size": 32,
+    "lpips_swap_steps": None,
+    "lpips_frames": None,
+    "inception_weights": None,
+    "fid_swap_step": 5,
+    "fid_n_boot": 100,
+    "fid_batch_size": 32,
+    "tsne_max_seeds": 100,
+    "tsne_perplexity": 30.0,
+    "tsne_pca": 50,
+    "reference": False,
+    "figures": True,
+    "figure_seeds": 4,
+    "strip_frames": 10,
+    "device": "auto",
+    "dataset": None,
+}
+_TYPES: dict[str, Any] = {
+    "attributes": "strlist",
+    "label": str,
+    "trajectories": dict,
+    "swap_steps": "intlist",
+    "bezier_frames": "intlist",
+    "threshold": float,
+    "truth_threshold": float,
+    "n_boot": int,
+    "seed": int,
+    "lpips_backbone": str,
+    "lpips_alexnet_path": str,
+    "lpips_random_seed": int,
+    "lpips_batch_size": int,
+    "lpips_swap_steps": "intlist",
+    "lpips_frames": "intlist",
+    "inception_weights": str,
+    "fid_swap_step": int,
+    "fid_n_boot": int,
+    "fid_batch_size": int,
+    "tsne_max_seeds": int,
+    "tsne_perplexity": float,
+    "tsne_pca": int,
+    "reference": bool,
+    "figures": bool,
+    "figure_seeds": int,
+    "strip_frames": int,
+    "device": str,
+    "dataset": str,
+}
+
+
+def check_params(raw: dict[str, Any]) -> dict[str, Any]:
+    """Defaults filled in and every key's type checked (one-line errors naming the key)."""
+    out = dict(_DEFAULTS)
+    for key, value in raw.items():
+        if key not in _TYPES:
+            raise bad_input(f"params.{key}", "unknown key", f"one of {', '.join(_TYPES)}")
+        kind = _TYPES[key]
+        if value is None:
+            out[key] = None
+            continue
+        if kind in ("strlist", "intlist"):
+            elem = str if kind == "strlist" else int
+            if not isinstance(value, list) or not all(
+                isinstance(v, elem) and not isinstance(v, bool) for v in value
+            ):
+                raise bad_input(f"params.{key}", f"got {value!r}", f"a list of {elem.__name__}")
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad_input(f"params.{key}", f"got {value!r}", "a number")
+            value = float(value)
+        elif kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad_input(f"params.{key}", f"got {value!r}", "an integer")
+        elif not isinstance(value, kind):
+            raise bad_input(f"params.{key}", f"got {value!r}", kind.__name__)
+        out[key] = value
+    if out["trajectories"] is None:
+        out["trajectories"] = {}
+    for name, target in out["trajectories"].items():
+        if isinstance(
+            target, dict
+        ):  # the config's trajectory entries ({neutral, attribute, target})
+            target = target.get("target")
+        if not isinstance(target, str):
+            raise bad_input(
+                f"params.trajectories.{name}", f"got {target!r}", "a target attribute name"
+            )
+        out["trajectories"][name] = target
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# table writers (no tabulate / jinja2 needed)
+
+
+def fmt_ci(value: float, lo: float, hi: float, digits: int = 3) -> str:
+    """``0.781 [0.752, 0.809]``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if lo is None or math.isnan(lo):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+def find_score_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            files += sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        else:
+            raise bad_input(path, "not found", "a score parquet or a folder of them")
+    if not files:
+        raise bad_input(
+            ", ".join(map(str, paths)), "no score parquet found", "files from 'medtraverse score'"
+        )
+    return files
+
+
+def read_scores(files: list[Path], dataset: str | None = None) -> pd.DataFrame:
+    """All score parquets as one table with ``dataset``, ``trajectory`` and ``shard`` filled."""
+    parts = []
+    for path in files:
+        try:
+            df = pd.read_parquet(path)
+        except Exception as err:  # noqa: BLE001
+            raise bad_input(
+                path, f"cannot be read ({type(err).__name__})", "a score parquet"
+            ) from None
+        for col in ("seed", "kind", "k", "frame"):
+            if col not in df.columns:
+                raise bad_input(
+                    path,
+                    f"no column {col!r}",
+                    "the score contract (seed, kind, k, frame, t, path, p_*)",
+                )
+        if "trajectory" not in df.columns:
+            df["trajectory"] = path.parent.name
+        if "dataset" not in df.columns or dataset:
+            df["dataset"] = dataset or path.parent.parent.name
+        if "shard" not in df.columns:
+            df["shard"] = path.stem
+        parts.append(df)
+    scores = pd.concat(parts, ignore_index=True)
+    scores["seed"] = scores["seed"].astype(int)
+    scores["k"] = scores["k"].astype(int)
+    scores["frame"] = scores["frame"].astype(int)
+    return scores
+
+
+def resolve_target(trajectory: str, attributes: list[str], explicit: dict[str, str]) -> str:
+    """The attribute a trajectory adds: params.trajectories, the name itself, or a suffix."""
+    if trajectory in explicit:
+        return explicit[trajectory]
+    if trajectory in attributes:
+        return trajectory
+    hits = [a for a in attributes if trajectory.endswith("_" + a)]
+    if hits:
+        return max(hits, key=len)
+    raise bad_input(
+        f"trajectory {trajectory!r}",
+        "no target attribute",
+        f"params.trajectories.{trajectory} or a name ending in one of {attributes}",
+    )
+
+
+def _ref(dataset: str, trajectory: str, key: str, which: str) -> float:
+    return REFERENCE.get(dataset, {}).get(trajectory, {}).get(key, {}).get(which, math.nan)
+
+
+# --------------------------------------------------------------------------------------------
+# metric blocks
+
+
+def cfrt_rows(
+    scores: pd.DataFrame,
+    dataset: str,
+    trajectory: str,
+    target: str,
+    p: dict[str, Any],
+    attributes: list[str],
+) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
+    """CFRT rows (both versions, both variants, classifier and truth sources) of one trajectory."""
+    from medtraverse.core.seeding import derive_seed
+    from medtraverse.evaluation.metrics import MetricInputError, cfrt_per_seed, summarize
+
+    rows, per_seed = [], []
+    sources = [("classifier", "p_", p["threshold"])]
+    if f"truth_{target}" in scores.columns:
+        sources.append(("truth", "truth_", p["truth_threshold"]))
+    for source, prefix, threshold in sources:
+        attrs = [a for a in attributes if prefix + a in scores.columns]
+        if source == "classifier":
+            missing = [a for a in [target, *attributes] if prefix + a not in scores.columns]
+            if missing:
+                raise bad_input(
+                    f"scores of {dataset}/{trajectory}",
+                    f"no column 'p_{missing[0]}'",
+                    "a classifier for every attribute in params.attributes",
+                )
+        label = p["label"] if p["label"] and prefix + p["label"] in scores.columns else None
+        if source == "classifier" and p["label"] and label is None:
+            raise bad_input(
+                f"scores of {dataset}/{trajectory}",
+                f"no column 'p_{p['label']}'",
+                "the label classifier's scores (params.label)",
+            )
+        for version, steps in (("swap", p["swap_steps"]), ("bezier", p["bezier_frames"])):
+            kind = "swap" if version == "swap" else "bezier"
+            if not (scores["kind"] == kind).any():
+                continue
+            try:
+                hits = cfrt_per_seed(
+                    scores,
+                    target,
+                    attrs,
+                    label=label,
+                    version=version,
+                    steps=steps,
+                    threshold=threshold,
+                    prefix=prefix,
+                )
+            except MetricInputError as err:
+                raise bad_input(
+                    f"scores of {dataset}/{trajectory}", str(err), f"complete {version} images"
+                ) from None
+            others = [a for a in attrs if a != target]
+            for variant in ("authors", "strict"):
+                seed = derive_seed(
+                    p["seed"],
+                    "aggregate",
+                    f"{dataset}/{trajectory}/cfrt/{source}/{version}/{variant}",
+                )
+                s = summarize(hits[variant].astype(float), n_boot=p["n_boot"], seed=seed)
+                row = {
+                    "dataset": dataset,
+                    "trajectory": trajectory,
+                    "target": target,
+                    "source": source,
+                    "version": version,
+                    "variant": variant,
+                    **s,
+                    "n_boot": p["n_boot"],
+                    "others": ",".join(others) if others else "(none: shift > 0)",
+                    "label": label or "",
+                    "steps": ",".join(map(str, steps)),
+                }
+                if p["reference"]:
+                    ok = source == "classifier" and variant == "authors"
+                    row["ref_code"] = (
+                        _ref(dataset, trajectory, f"cfrt_{version}", "code") if ok else math.nan
+                    )
+                    row["ref_poster"] = (
+                        _ref(dataset, trajectory, f"cfrt_{version}", "poster") if ok else math.nan
+                    )
+                rows.append(row)
+            hits = hits.assign(
+                dataset=dataset,
+                trajectory=trajectory,
+                target=target,
+                source=source,
+                version=version,
+            )
+            per_seed.append(hits)
+    return rows, per_seed
+
+
+def lpips_values(
+    scores: pd.DataFrame,
+    shards: list[Path],
+    p: dict[str, Any],
+    device: str,
+    model_cache: dict[str, Any],
+) -> tuple[pd.DataFrame, str]:
+    """Per image LPIPS (seed, kind, k, frame, lpips): from the scores' ``lpips`` column when
+    present, else computed from the shard folders."""
+    from medtraverse.evaluation.backbones import lpips_label
+
+    cols = ["seed", "kind", "k", "frame"]
+    if "lpips" in scores.columns and scores["lpips"].notna().all():
+        label = str(scores["lpips_backbone"].iloc[0]) if "lpips_backbone" in scores else "unknown"
+        return scores[cols + ["lpips"]].copy(), label
+    if not shards:
+        return pd.DataFrame(columns=cols + ["lpips"]), ""
+    from medtraverse.evaluation.score import lpips_column, read_shard_meta
+
+    lp = {k: v for k, v in p.items() if k.startswith("lpips")}
+    parts = []
+    for shard in shards:
+        meta = read_shard_meta(shard)
+        values, label = lpips_column(meta, lp, device)
+        part = meta[cols].copy()
+        part["lpips"] = values
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True), lpips_label(lp)
+
+
+def lpips_rows(
+    values: pd.DataFrame, dataset: str, trajectory: str, p: dict[str, Any], label: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per trajectory LPIPS (mean over steps per seed, then over seeds) and per step."""
+    from medtraverse.core.seeding import derive_seed
+    from medtraverse.evaluation.metrics import summarize
+
+    comparable = label == "alex"
+    rows, steps_rows = [], []
+    for version, kind, key, chosen in (
+        ("swap", "swap", "k", p["lpips_swap_steps"]),
+        ("bezier", "bezier", "frame", p["lpips_frames"]),
+    ):
+        part = values[values["kind"] == kind]
+        if version == "bezier":
+            part = part[part["frame"] != 0]
+        if chosen is not None:
+            part = part[part[key].isin(chosen)]
+        if part.empty:
+            continue
+        per_seed = part.groupby("seed")["lpips"].mean()
+        seed = derive_seed(p["seed"], "aggregate", f"{dataset}/{trajectory}/lpips/{version}")
+        row = {
+            "dataset": dataset,
+            "trajectory": trajectory,
+            "version": version,
+            **summarize(per_seed.to_numpy(), p["n_boot"], seed),
+            "n_boot": p["n_boot"],
+            "lpips_backbone": label,
+            "comparable": comparable,
+        }
+        if p["reference"]:
+            row["ref_code"] = _ref(dataset, trajectory, f"lpips_{version}", "code")
+            row["ref_poster"] = _ref(dataset, trajectory, f"lpips_{version}", "poster")
+        rows.append(row)
+        for step, group in part.groupby(key):
+            seed = derive_seed(
+                p["seed"], "aggregate", f"{dataset}/{trajectory}/lpips/{version}/{step}"
+            )
+            steps_rows.append(
+                {
+                    "dataset": dataset,
+                    "trajectory": trajectory,
+                    "version": version,
+                    "step": int(step),
+                    **summarize(group["lpips"].to_numpy(), p["n_boot"], seed),
+                    "lpips_backbone": label,
+                    "comparable": comparable,
+                }
+            )
+    return rows, steps_rows
+
+
+def probability_rows(
+    scores: pd.DataFrame, dataset: str, trajectory: str, p: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Mean probability of every score column per swap step (and the neutral image)."""
+    from medtraverse.core.seeding import derive_seed
+    from medtraverse.evaluation.metrics import summarize
+
+    cols = [c for c in scores.columns if c.startswith(("p_", "truth_"))]
+    part = scores[scores["kind"].isin(["neutral", "swap"])]
+    rows = []
+    for (kind, k), group in part.groupby(["kind", "k"]):
+        for col in cols:
+            seed = derive_seed(p["seed"], "aggregate", f"{dataset}/{trajectory}/prob/{col}/{k}")
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "trajectory": trajectory,
+                    "column": col,
+                    "kind": kind,
+                    "k": int(k),
+                    **summarize(group[col].to_numpy(dtype=float), p["n_boot"], seed),
+                }
+            )
+    return rows
+
+
+def latent_pass(
+    shards: list[Path], dataset: str, trajectory: str, keep_seeds: int
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """One shard at a time (a real shard holds ~160 MB of latents): per-seed cosines, plus the
+    latents of the first ``keep_seeds`` seeds (in seed order) for t-SNE."""
+    from safetensors.numpy import load_file
+
+    from medtraverse.evaluation.metrics import MetricInputError, cosine_per_seed, parse_latent_key
+
+    parts, kept = [], {}
+    for shard in sorted(shards):
+        path = shard / "latents.safetensors"
+        if not path.is_file():
+            raise bad_input(path, "not found", "latents.safetensors in every traversal shard")
+        try:
+            latents = load_file(str(path))
+        except Exception as err:  # noqa: BLE001
+            raise bad_input(
+                path, f"cannot be read ({type(err).__name__})", "a safetensors file"
+            ) from None
+        try:
+            parts.append(cosine_per_seed(latents))
+        except MetricInputError as err:
+            raise bad_input(path, str(err), "a neutral and swap latents per seed") from None
+        kept.update(latents)
+        seeds = sorted({parse_latent_key(k)[0] for k in kept})[:keep_seeds]
+        keep = set(seeds)
+        kept = {k: v for k, v in kept.items() if parse_latent_key(k)[0] in keep}
+    cos = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(columns=["seed", "k", "index", "cos"])
+    )
+    return cos, kept
+
+
+def cosine_rows(
+    cos: pd.DataFrame, dataset: str, trajectory: str, p: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Mean cosine per swap step over seeds (from ``metrics.cosine_per_seed`` rows)."""
+    from medtraverse.core.seeding import derive_seed
+    from medtraverse.evaluation.metrics import summarize
+
+    rows = []
+    for (k, index), group in cos.groupby(["k", "index"]):
+        seed = derive_seed(p["seed"], "aggregate", f"{dataset}/{trajectory}/cosine/{k}")
+        rows.append(
+            {
+                "dataset": dataset,
+                "trajectory": trajectory,
+                "k": int(k),
+                "index": int(index),
+                **summarize(group["cos"].to_numpy(), p["n_boot"], seed),
+            }
+        )
+    return sorted(rows, key=lambda r: r["index"])
+
+
+def tsne_points(
+    latents_by_traj: dict[str, dict[str, np.ndarray]], p: dict[str, Any]
+) -> pd.DataFrame:
+    """2-D t-SNE of final latents (PCA first), fixed random_state; colour keys trajectory and k."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    from medtraverse.evaluation.metrics import parse_latent_key
+
+    keys, vectors = [], []
+    for traj, latents in sorted(latents_by_traj.items()):
+        seeds = sorted({parse_latent_key(k)[0] for k in latents})[: p["tsne_max_seeds"]]
+        keep = set(seeds)
+        for key in sorted(latents):
+            seed, k = parse_latent_key(key)
+            if seed in keep:
+                keys.append({"trajectory": traj, "seed": seed, "k": -1 if k is None else k})
+                vectors.append(np.asarray(latents[key], dtype=np.float32).ravel())
+    if len(vectors) < 4:
+        return pd.DataFrame(columns=["trajectory", "seed", "k", "x", "y"])
+    x = np.stack(vectors)
+    dims = min(p["tsne_pca"], x.shape[0] - 1, x.shape[1])
+    if dims < x.shape[1]:
+        x = PCA(n_components=dims, random_state=p["seed"]).fit_transform(x)
+    perplexity = min(p["tsne_perplexity"], (len(x) - 1) / 3.0)
+    xy = TSNE(
+        n_components=2, perplexity=max(perplexity, 1.0), random_state=p["seed"], init="pca"
+    ).fit_transform(x)
+    out = pd.DataFrame(keys)
+    out["x"], out["y"] = xy[:, 0], xy[:, 1]
+    return out
+
+
+def fid_rows(
+    scores_by_traj: dict[str, pd.DataFrame],
+    shards_by_traj: dict[str, list[Path]],
+    targets: dict[str, str],
+    dataset: str,
+    manifest: Path | None,
+    p: dict[str, Any],
+    device: str,
+) -> list[dict[str, Any]]:
+    """FID rows per trajectory, or one row per trajectory saying why FID was skipped."""
+    from medtraverse.evaluation.backbones import inception_weights_path
+
+    weights = inception_weights_path(p)
+    reason = None
+    if weights is None:
+        reason = "skipped: no Inception weights (params.inception_weights not set)"
+    elif not weights.is_file():
+        reason = f"skipped: no Inception weights at {weights}"
+    elif manifest is None:
+        reason = "skipped: no --manifest of real images"
+    elif not shards_by_traj:
+        reason = "skipped: no --traversals (generated images)"
+    if reason:
+        return [
+            {
+                "dataset": dataset,
+                "trajectory": t,
+                "images": "",
+                "value": math.nan,
+                "ci_low": math.nan,
+                "ci_high": math.nan,
+                "n_generated": 0,
+                "n_real": 0,
+                "note": reason,
+            }
+            for t in sorted(scores_by_traj)
+        ]
+    from medtraverse.core.seeding import derive_seed
+    from medtraverse.evaluation.backbones import inception_features, load_inception
+    from medtraverse.evaluation.classify import read_manifest
+    from medtraverse.evaluation.metrics import fid_bootstrap_ci, frechet_distance, gaussian_stats
+    from medtraverse.evaluation.score import read_shard_meta
+
+    model = load_inception(weights, device)
+    targets_used = sorted(set(targets.values()))
+    real = read_manifest(manifest, targets_used, need_splits=("test",))
+    real = real[real["split"] == "test"]
+
+    def features(paths: list[Path]) -> np.ndarray:
+        import torch
+        from PIL import Image
+
+        feats = []
+        for start in range(0, len(paths), p["fid_batch_size"]):
+            arr = []
+            for q in paths[start : start + p["fid_batch_size"]]:
+                with Image.open(q) as img:
+                    arr.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
+            x = (
+                torch.from_numpy(np.stack(arr))
+                .permute(0, 3, 1, 2)
+                .float()
+                .div(127.5)
+                .sub(1.0)
+                .to(device)
+            )
+            feats.append(inception_features(model, x).float().cpu().numpy())
+        return np.concatenate(feats).astype(np.float64)
+
+    real_cache: dict[tuple[str, int], np.ndarray] = {}
+    rows = []
+    for traj in sorted(shards_by_traj):
+        target = targets[traj]
+        metas = pd.concat([read_shard_meta(s) for s in shards_by_traj[traj]], ignore_index=True)
+        for images, sel, want in (
+            ("neutral", metas["kind"] == "neutral", 0),
+            (
+                f"swap_k{p['fid_swap_step']}",
+                (metas["kind"] == "swap") & (metas["k"] == p["fid_swap_step"]),
+                1,
+            ),
+        ):
+            gen_paths = list(metas.loc[sel, "abs_path"])
+            if (target, want) not in real_cache:
+                real_cache[(target, want)] = features(
+                    list(real.loc[real[target] == want, "abs_path"])
+                )
+            real_f = real_cache[(target, want)]
+            row = {
+                "dataset": dataset,
+                "trajectory": traj,
+                "images": images,
+                "n_generated": len(gen_paths),
+                "n_real": len(real_f),
+                "note": f"real: test split with {target}={want}",
+            }
+            if len(gen_paths) < 2 or len(real_f) < 2:
+                rows.append(
+                    {
+                        **row,
+                        "value": math.nan,
+                        "ci_low": math.nan,
+                        "ci_high": math.nan,
+                        "note": "skipped: fewer than 2 generated or real images",
+                    }
+                )
+                continue
+            gen_f = features(gen_paths)
+            value = frechet_distance(*gaussian_stats(gen_f), *gaussian_stats(real_f))
+            seed = derive_seed(p["seed"], "aggregate", f"{dataset}/{traj}/fid/{images}")
+            lo, hi = fid_bootstrap_ci(gen_f, real_f, n_boot=p["fid_n_boot"], seed=seed)
+            row.update({"value": value, "ci_low": lo, "ci_high": hi})
+            if p["reference"] and images.startswith("swap"):
+                row["ref_code"] = _ref(dataset, traj, "fid", "code")
+            rows.append(row)
+    return rows
+
+
+def classifier_rows(folders: list[Path], dataset: str, p: dict[str, Any]) -> pd.DataFrame:
+    parts = []
+    for folder in folders:
+        path = folder / "metrics.csv"
+        if not path.is_file():
+            raise bad_input(
+                path, "not found", "a classifier folder made by 'medtraverse train-classifier'"
+            )
+        part = pd.read_csv(path)
+        part.insert(0, "dataset", dataset)
+        parts.append(part)
+    table = pd.concat(parts, ignore_index=True)
+    if p["reference"]:
+        ref = REFERENCE_CLASSIFIERS.get(dataset, {})
+        table["ref_accuracy"] = [
+            ref.get(a, {}).get("accuracy", math.nan) for a in table["attribute"]
+        ]
+        table["ref_f1"] = [ref.get(a, {}).get("f1", math.nan) for a in table["attribute"]]
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+
+
+def aggregate(
+    score_paths: list[str | Path],
+    out: str | Path,
+    params: dict[str, Any],
+    traversals: list[str | Path] | None = None,
+    classifiers: list[str | Path] | None = None,
+    manifest: str | Path | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Compute every metric table and figure into ``out`` (one atomic folder); returns tables."""
+    from medtraverse.core import provenance
+    from medtraverse.core.device import resolve_device
+    from medtraverse.core.io import atomic_path
+    from medtraverse.evaluation.backbones import check_backbones
+
+    p = check_params(params)
+    out = Path(out)
+    score_files = find_score_files([Path(s) for s in score_paths])
+    scores = read_scores(score_files, p["dataset"])
+    shards = find_shards([Path(t) for t in traversals or []])
+    needs_lpips = bool(shards) and not ("lpips" in scores.columns and scores["lpips"].notna().all())
+    for line in check_backbones(p, lpips=needs_lpips):
+        print(f"aggregate: {line}", file=sys.stderr)
+    device = resolve_device(p["device"])
+    label = p["label"]
+    tables: dict[str, list[Any]] = {
+        k: [] for k in ("cfrt", "lpips", "lpips_steps", "cosine", "prob", "fid", "per_seed")
+    }
+    tsne_parts, lpips_labels = [], set()
+    for dataset, ds_scores in scores.groupby("dataset", sort=True):
+        attributes = p["attributes"] or sorted(
+            c[2:] for c in ds_scores.columns if c.startswith("p_") and c[2:] != label
+        )
+        by_traj = {
+            str(t): g.dropna(axis=1, how="all")
+            for t, g in ds_scores.groupby("trajectory", sort=True)
+        }
+        targets = {t: resolve_target(t, attributes, p["trajectories"]) for t in by_traj}
+        latents_by_traj = {}
+        for traj, traj_scores in by_traj.items():
+            rows, per_seed = cfrt_rows(
+                traj_scores, str(dataset), traj, targets[traj], p, attributes
+            )
+            tables["cfrt"] += rows
+            tables["per_seed"] += per_seed
+            tables["prob"] += probability_rows(traj_scores, str(dataset), traj, p)
+            traj_shards = shards.get((str(dataset), traj), [])
+            values, lab = lpips_values(traj_scores, traj_shards, p, device, {})
+            if len(values):
+                lpips_labels.add(lab)
+                rows, steps = lpips_rows(values, str(dataset), traj, p, lab)
+                tables["lpips"] += rows
+                tables["lpips_steps"] += steps
+            if traj_shards:
+                cos, kept = latent_pass(traj_shards, str(dataset), traj, p["tsne_max_seeds"])
+                tables["cosine"] += cosine_rows(cos, str(dataset), traj, p)
+                latents_by_traj[traj] = kept
+        if latents_by_traj:
+            tsne = tsne_points(latents_by_traj, p)
+            tsne.insert(0, "dataset", str(dataset))
+            tsne_parts.append(tsne)
+        shards_ds = {t: s for (d, t), s in shards.items() if d == str(dataset) and t in by_traj}
+        tables["fid"] += fid_rows(
+            by_traj,
+            shards_ds,
+            targets,
+            str(dataset),
+            Path(manifest) if manifest else None,
+            p,
+            device,
+        )
+    datasets = sorted(scores["dataset"].unique())
+    clf = (
+        classifier_rows(
+            [Path(c) for c in classifiers], datasets[0] if len(datasets) == 1 else "", p
+        )
+        if classifiers
+        else pd.DataFrame()
+    )
+
+    result = {
+        "cfrt": pd.DataFrame(tables["cfrt"]),
+        "lpips": pd.DataFrame(tables["lpips"]),
+        "lpips_per_step": pd.DataFrame(tables["lpips_steps"]),
+        "cosine": pd.DataFrame(tables["cosine"]),
+        "probability": pd.DataFrame(tables["prob"]),
+        "fid": pd.DataFrame(tables["fid"]),
+        "classifiers": clf,
+        "tsne": pd.concat(tsne_parts, ignore_index=True) if tsne_parts else pd.DataFrame(),
+    }
+    if result["cfrt"].empty:
+        raise bad_input(
+            ", ".join(map(str, score_paths)),
+            "no CFRT could be computed",
+            "swap or bezier rows in the scores",
+        )
+    lp_note = lpips_note(lpips_labels)
+    result["summary"] = summary_table(result["cfrt"], result["lpips"], p["reference"])
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        write_tables(
+            tmp,
+            "cfrt",
+            result["cfrt"],
+            _cfrt_wide(result["cfrt"]),
+            note="variant 'authors': the authors' code; 'strict': the poster's formula "
+            "(label and other attributes' calls unchanged). source 'truth': the twin's detectors.",
+            caption="CFRT per trajectory, 95% bootstrap CI over seeds",
+        )
+        if tables["per_seed"]:
+            pd.concat(tables["per_seed"], ignore_index=True).to_parquet(
+                tmp / "cfrt_per_seed.parquet", index=False
+            )
+        write_tables(
+            tmp,
+            "lpips",
+            result["lpips"],
+            _ci_wide(result["lpips"], ["dataset", "trajectory", "version", "lpips_backbone"]),
+            note=lp_note,
+            caption="LPIPS (AlexNet, v0.1)",
+        )
+        result["lpips_per_step"].to_csv(tmp / "lpips_per_step.csv", index=False)
+        write_tables(
+            tmp,
+            "cosine",
+            result["cosine"],
+            _ci_wide(result["cosine"], ["dataset", "trajectory", "k", "index"]),
+            caption="Cosine similarity of latent directions per swap step",
+        )
+        result["probability"].to_csv(tmp / "probability.csv", index=False)
+        fid_wide = _ci_wide(
+            result["fid"], ["dataset", "trajectory", "images", "n_generated", "n_real", "note"]
+        )
+        write_tables(
+            tmp, "fid", result["fid"], fid_wide, caption="FID, generated vs real test images"
+        )
+        if len(clf):
+            write_tables(
+                tmp,
+                "classifiers",
+                clf,
+                _classifier_wide(clf, p["reference"]),
+                note="weights: " + "; ".join(sorted(set(clf["weights"].astype(str)))),
+                caption="Classifier test accuracy and F1",
+            )
+        write_tables(
+            tmp,
+            "summary",
+            result["summary"],
+            note=lp_note,
+            caption="CFRT and LPIPS for swaps and interpolations (95% bootstrap CI)",
+        )
+        result["tsne"].to_csv(tmp / "tsne.csv", index=False)
+        if p["figures"]:
+            from medtraverse.report.figures import render_all
+
+            shard_map = {t: s for (_, t), s in shards.items()}
+            render_all(tmp, shard_map, tmp / "figures", p)
+    provenance.record(
+        out,
+        stage="aggregate",
+        params=params,
+        inputs=[
+            *score_files,
+            *(s for v in shards.values() for s in v),
+            *(classifiers or []),
+            *([manifest] if manifest else []),
+        ],
+        seeds={"seed": p["seed"], "n_boot": p["n_boot"]},
+        extra={"lpips_backbone": sorted(lpips_labels), "datasets": datasets},
+    )
+    return result
+
+
+def lpips_note(labels: set[str]) -> str:
+    """The LPIPS footnote: comparable with the paper or not."""
+    if not labels:
+        return "LPIPS: not computed."
+    if labels == {"alex"}:
+        return "LPIPS: AlexNet v0.1 with ImageNet trunk (as in the paper)."
+    return (
+        f"* LPIPS backbone {', '.join(sorted(labels))}: random AlexNet trunk, NOT comparable "
+        "with the paper's LPIPS numbers."
+    )
+
+
+def _ci_wide(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    if df.empty:
+        return pd.DataFrame(columns=keys + ["value [95% CI]"])
+    out = df[[k for k in keys if k in df.columns]].copy()
+    out["value [95% CI]"] = [
+        fmt_ci(v, lo, hi)
+        for v, lo, hi in zip(df["value"], df["ci_low"], df["ci_high"], strict=True)
+    ]
+    if "n_seeds" in df.columns:
+        out["n_seeds"] = df["n_seeds"]
+    for ref in ("ref_code", "ref_poster"):
+        if ref in df.columns:
+            out[ref] = df[ref]
+    return out
+
+
+def _cfrt_wide(cfrt: pd.DataFrame) -> pd.DataFrame:
+    return _ci_wide(cfrt, ["dataset", "trajectory", "target", "source", "version", "variant"])
+
+
+def _classifier_wide(clf: pd.DataFrame, reference: bool) -> pd.DataFrame:
+    """The poster's shape: rows Accuracy / F1-score (and the poster's), columns attributes."""
+    rows = {"Accuracy": "accuracy", "F1-score": "f1", "AUROC": "auroc"}
+    if reference:
+        rows.update({"Accuracy (poster)": "ref_accuracy", "F1-score (poster)": "ref_f1"})
+    data = {label: clf.set_index("attribute")[col] for label, col in rows.items() if col in clf}
+    wide = pd.DataFrame(data).T
+    wide.index.name = "metric"
+    return wide.map(lambda v: "n/a" if pd.isna(v) else f"{v:.3f}").reset_index()
+
+
+def summary_table(cfrt: pd.DataFrame, lpips: pd.DataFrame, reference: bool) -> pd.DataFrame:
+    """Per trajectory: CFRT (authors, strict, truth) and LPIPS for swaps and interpolations."""
+    if cfrt.empty:
+        return pd.DataFrame()
+    rows = []
+    for (dataset, traj), group in cfrt.groupby(["dataset", "trajectory"], sort=True):
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "trajectory": traj,
+            "target": group["target"].iloc[0],
+        }
+        for version, name in (("swap", "swap"), ("bezier", "interp")):
+            for source, variant, col in (
+                ("classifier", "authors", f"CFRT {name}"),
+                ("classifier", "strict", f"CFRT {name} (strict)"),
+                ("truth", "authors", f"CFRT {name} (truth)"),
+            ):
+                hit = group[
+                    (group["version"] == version)
+                    & (group["source"] == source)
+                    & (group["variant"] == variant)
+                ]
+                if len(hit):
+                    h = hit.iloc[0]
+                    row[col] = fmt_ci(h["value"], h["ci_low"], h["ci_high"])
+                    if reference and source == "classifier" and variant == "authors":
+                        row[f"{col} ref code/poster"] = (
+                            f"{cell(h['ref_code'])} / {cell(h['ref_poster'])}"
+                        )
+            lp = (
+                lpips[
+                    (lpips["dataset"] == dataset)
+                    & (lpips["trajectory"] == traj)
+                    & (lpips["version"] == version)
+                ]
+                if not lpips.empty
+                else lpips
+            )
+            if len(lp):
+                h = lp.iloc[0]
+                row[f"LPIPS {name}"] = fmt_ci(h["value"], h["ci_low"], h["ci_high"]) + (
+                    "" if h["comparable"] else " *"
+                )
+                if reference:
+                    row[f"LPIPS {name} ref code/poster"] = (
+                        f"{cell(h['ref_code'])} / {cell(h['ref_poster'])}"
+                    )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scores",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="score parquets or folders holding them",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="metrics output folder")
+    parser.add_argument(
+        "--traversals",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="traversal shard folders or folders holding them (LPIPS, cosine, t-SNE, figures)",
+    )
+    parser.add_argument(
+        "--classifiers", type=Path, nargs="*", default=[], help="classifier folders"
+    )
+    parser.add_argument("--manifest", type=Path, default=None, help="real manifest.parquet for FID")
+    parser.add_argument("--params", default="{}", help="metrics params as JSON or @file")
+
+
+def main(args: argparse.Namespace) -> None:
+    result = aggregate(
+        args.scores,
+        args.out,
+        load_params(args.params),
+        traversals=args.traversals,
+        classifiers=args.classifiers,
+        manifest=args.manifest,
+    )
+    if not result["summary"].empty:
+        print(to_markdown(result["summary"]), end="")
