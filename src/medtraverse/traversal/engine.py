@@ -72,14 +72,14 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medtraverse.core.device import resolve_device
 from medtraverse.core.errors import InputError, bad_input
 from medtraverse.core.io import atomic_path, write_json
-from medtraverse.core.params import load_params
+from medtraverse.core.params import load_params, parse_params, setting
 
 if TYPE_CHECKING:
     import torch
@@ -99,22 +99,26 @@ KIND_ORDER = {"neutral": 0, "swap": 1, "bezier": 2}
 class TraverseParams:
     """The traverse stage's settings; defaults are the paper's where METHOD.md gives them."""
 
-    steps: int = 50
-    guidance: float = 7.5
-    eta: float = 0.0
-    swap_steps: tuple[int, ...] = PAPER_SWAP_STEPS
-    bezier_frames: int = 50
-    batch_size: int = 8
-    decode_batch_size: int = 16
-    dtype: str = "float32"
-    compile: bool = False
-    save_images: bool = True
-    schedule: str = "swap"
-    lambdas: tuple[float, ...] | None = None
-    batching: str = "auto"
-    device: str = "auto"
-    neutral: str | None = None
-    attribute: str | None = None
+    steps: int = setting(50, min=1, help="DDIM steps")
+    guidance: float = setting(7.5, help="classifier-free guidance scale")
+    eta: float = setting(0.0, min=0, help="DDIM eta (0: deterministic)")
+    swap_steps: tuple[int, ...] = setting(
+        PAPER_SWAP_STEPS, min=0, help="steps k at which the prompt is swapped (each < steps)"
+    )
+    bezier_frames: int = setting(50, min=0, help="frames of each Bezier interpolation")
+    batch_size: int = setting(8, min=1, help="seeds denoised together")
+    decode_batch_size: int = setting(16, min=1, help="latents decoded together")
+    dtype: str = setting("float32", choices=DTYPES, help="U-Net dtype")
+    compile: bool = setting(False, help="torch.compile the U-Net")
+    save_images: bool = setting(True, help="write PNGs beside the latents")
+    schedule: str = setting("swap", choices=SCHEDULES, help="hard swap or soft mix")
+    lambdas: tuple[float, ...] | None = setting(
+        None, help="schedule mix: the attribute weight of each step (steps values)"
+    )
+    batching: str = setting("auto", choices=BATCHINGS, help="how a batch's swaps are run")
+    device: str = setting("auto", help='"auto", "cpu", "mps", "cuda" or "cuda:<n>"')
+    neutral: str | None = setting(None, help="neutral prompt (the trajectory's)")
+    attribute: str | None = setting(None, help="attribute prompt (the trajectory's)")
 
     @property
     def resolved_batching(self) -> str:
@@ -125,66 +129,36 @@ class TraverseParams:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str = "params") -> TraverseParams:
-        """Typed, validated settings; any problem is a one-line InputError naming the key."""
-        known = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise bad_input(
-                    f"{where}.{key}", "unknown key", f"one of {', '.join(sorted(known))}"
-                )
-        d = cls()
-        steps = _int(raw, "steps", d.steps, where, minimum=1)
-        swap = raw.get("swap_steps", list(d.swap_steps))
-        if not isinstance(swap, list | tuple) or not all(_is_int(k) for k in swap):
-            raise bad_input(f"{where}.swap_steps", f"got {swap!r}", "a list of integers")
+        """Typed, validated settings (swap steps sorted); a one-line InputError names the key."""
+        out = parse_params(cls, raw, where)
+        return replace(out, swap_steps=tuple(sorted(out.swap_steps)))
+
+    def validate(self, where: str) -> None:
+        """Checks across fields: swap steps within the steps, lambdas one a step."""
+        swap = list(self.swap_steps)
         if len(set(swap)) != len(swap):
             raise bad_input(f"{where}.swap_steps", f"got duplicates in {swap!r}", "distinct steps")
         for k in swap:
-            if not 0 <= k < steps:
-                raise bad_input(f"{where}.swap_steps", f"got step {k}", f"0 <= k < steps ({steps})")
-        schedule = _choice(raw, "schedule", d.schedule, SCHEDULES, where)
-        lambdas = raw.get("lambdas")
-        if schedule == "mix":
-            if (
-                not isinstance(lambdas, list | tuple)
-                or len(lambdas) != steps
-                or not all(_is_num(x) for x in lambdas)
-            ):
+            if not 0 <= k < self.steps:
+                raise bad_input(
+                    f"{where}.swap_steps", f"got step {k}", f"0 <= k < steps ({self.steps})"
+                )
+        if self.schedule == "mix":
+            if self.lambdas is None or len(self.lambdas) != self.steps:
                 raise bad_input(
                     f"{where}.lambdas",
-                    f"got {lambdas!r}",
-                    f"a list of {steps} numbers (one a step)",
+                    f"got {list(self.lambdas) if self.lambdas is not None else None!r}",
+                    f"a list of {self.steps} numbers (one a step)",
                 )
-            lambdas = tuple(float(x) for x in lambdas)
-        elif lambdas is not None:
+        elif self.lambdas is not None:
             raise bad_input(f"{where}.lambdas", "given with schedule 'swap'", 'schedule "mix"')
-        prompts = {}
         for key in ("neutral", "attribute"):
-            value = raw.get(key)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
+            value = getattr(self, key)
+            if value is not None and not value.strip():
                 raise bad_input(f"{where}.{key}", f"got {value!r}", "a non-empty prompt string")
-            prompts[key] = value
-        eta = _num(raw, "eta", d.eta, where)
-        if eta < 0:
-            raise bad_input(f"{where}.eta", f"got {eta}", "a number >= 0")
-        return cls(
-            steps=steps,
-            guidance=_num(raw, "guidance", d.guidance, where),
-            eta=eta,
-            swap_steps=tuple(sorted(int(k) for k in swap)),
-            bezier_frames=_int(raw, "bezier_frames", d.bezier_frames, where, minimum=0),
-            batch_size=_int(raw, "batch_size", d.batch_size, where, minimum=1),
-            decode_batch_size=_int(raw, "decode_batch_size", d.decode_batch_size, where, minimum=1),
-            dtype=_choice(raw, "dtype", d.dtype, DTYPES, where),
-            compile=_bool(raw, "compile", d.compile, where),
-            save_images=_bool(raw, "save_images", d.save_images, where),
-            schedule=schedule,
-            lambdas=lambdas,
-            batching=_choice(raw, "batching", d.batching, BATCHINGS, where),
-            device=_device_name(raw, d.device, where),
-            neutral=prompts["neutral"],
-            attribute=prompts["attribute"],
-        )
+        d = self.device
+        if not (d in {"auto", "cpu", "mps"} or d.startswith("cuda")):
+            raise bad_input(f"{where}.device", f"got {d!r}", '"auto", "cpu", "cuda" or "cuda:<n>"')
 
     def sampler_dict(self) -> dict[str, Any]:
         """Everything that changes the bits of a result (prompts and device excluded)."""
@@ -194,51 +168,6 @@ class TraverseParams:
         out["swap_steps"] = list(self.swap_steps)
         out["lambdas"] = list(self.lambdas) if self.lambdas is not None else None
         return out
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int(raw: Mapping[str, Any], key: str, default: int, where: str, minimum: int) -> int:
-    v = raw.get(key, default)
-    if not _is_int(v) or v < minimum:
-        raise bad_input(f"{where}.{key}", f"got {v!r}", f"an integer >= {minimum}")
-    return int(v)
-
-
-def _num(raw: Mapping[str, Any], key: str, default: float, where: str) -> float:
-    v = raw.get(key, default)
-    if not _is_num(v):
-        raise bad_input(f"{where}.{key}", f"got {v!r}", "a finite number")
-    return float(v)
-
-
-def _bool(raw: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
-    v = raw.get(key, default)
-    if not isinstance(v, bool):
-        raise bad_input(f"{where}.{key}", f"got {v!r}", "true or false")
-    return v
-
-
-def _choice(
-    raw: Mapping[str, Any], key: str, default: str, options: Sequence[str], where: str
-) -> str:
-    v = raw.get(key, default)
-    if v not in options:
-        raise bad_input(f"{where}.{key}", f"got {v!r}", f"one of {', '.join(options)}")
-    return str(v)
-
-
-def _device_name(raw: Mapping[str, Any], default: str, where: str) -> str:
-    v = raw.get("device", default)
-    if not isinstance(v, str) or not (v in {"auto", "cpu", "mps"} or v.startswith("cuda")):
-        raise bad_input(f"{where}.device", f"got {v!r}", '"auto", "cpu", "cuda" or "cuda:<n>"')
-    return v
 
 
 def seed_blocks(seed_start: int, seed_count: int, batch_size: int) -> list[list[int]]:
