@@ -22,6 +22,7 @@ class _Settings:
     lambdas: list[float] | None = None
     mode: str = setting("auto", choices=("auto", "x"))
     flag: bool = False
+    rate: float = setting(1e-3, above=0)
     inner: _Inner = setting(default_factory=_Inner)
 
     def validate(self, where: str) -> None:
@@ -48,6 +49,8 @@ def test_valid_settings_are_typed_and_defaults_fill_in() -> None:
         ({"steps": 10, "swap_steps": [10]}, "params.swap_steps: got step 10"),
         ({"inner": {"a": -1}}, "params.inner.a: got -1"),
         ({"lambdas": 3}, "params.lambdas: got 3"),
+        ({"rate": 0}, "params.rate: got 0.0; expected a value > 0"),
+        ({"rate": -1}, "params.rate: got -1.0; expected a value > 0"),
     ],
 )
 def test_bad_settings_are_one_line_naming_the_key(raw: dict, message: str) -> None:
@@ -58,6 +61,6 @@ def test_bad_settings_are_one_line_naming_the_key(raw: dict, message: str) -> No
 
 def test_describe_lists_every_setting_with_its_default() -> None:
     rows = {row["name"]: row for row in describe(_Settings)}
-    assert set(rows) == {"steps", "swap_steps", "lambdas", "mode", "flag", "inner"}
+    assert set(rows) == {"steps", "swap_steps", "lambdas", "mode", "flag", "rate", "inner"}
     assert rows["steps"]["default"] == 50 and rows["steps"]["min"] == 1
     assert rows["mode"]["choices"] == ("auto", "x")

@@ -41,34 +41,6 @@ def load_params(text: str | None) -> dict[str, Any]:
     return value
 
 
-def require(
-    params: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str = "params"
-) -> Any:
-    """Fetch ``params[key]`` and check its type, with a one-line error naming the key."""
-    if key not in params:
-        raise InputError(f"{where}.{key}: missing; expected a value of type {_name(kind)}")
-    value = params[key]
-    if kind in (float, (int, float)) and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if (
-        isinstance(value, bool)
-        and kind is not bool
-        and bool not in (kind if isinstance(kind, tuple) else (kind,))
-    ):
-        raise InputError(f"{where}.{key}: got {value!r}; expected {_name(kind)}")
-    if not isinstance(value, kind):
-        raise InputError(
-            f"{where}.{key}: got {value!r} ({type(value).__name__}); expected {_name(kind)}"
-        )
-    return value
-
-
-def _name(kind: type | tuple[type, ...]) -> str:
-    if isinstance(kind, tuple):
-        return " or ".join(k.__name__ for k in kind)
-    return kind.__name__
-
-
 # --------------------------------------------------------------------------------------------
 # One mechanism for every stage's settings: a dataclass whose fields carry their type, default
 # and bounds; `parse_params` checks a raw mapping against it with one-line errors.
@@ -80,11 +52,13 @@ def setting(
     help: str = "",
     min: float | None = None,
     max: float | None = None,
+    above: float | None = None,
     choices: tuple[Any, ...] | None = None,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
-    """A dataclass field with the bounds `parse_params` enforces (``min``/``max`` inclusive)."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices}
+    """A dataclass field with the bounds `parse_params` enforces (``min``/``max`` inclusive,
+    ``above`` exclusive: a learning rate is ``above=0``)."""
+    meta = {"help": help, "min": min, "max": max, "above": above, "choices": choices}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -168,11 +142,14 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], where: str) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise bad_input(where, f"got {value!r}", "one of " + ", ".join(map(repr, choices)))
-    lo, hi = meta.get("min"), meta.get("max")
+    lo, hi, above = meta.get("min"), meta.get("max"), meta.get("above")
     numbers = value if isinstance(value, list | tuple) else [value]
     for number in numbers:
         if not isinstance(number, int | float) or isinstance(number, bool):
             continue
+        if above is not None and number <= above:
+            expected = f"a value > {above}" + (f" and <= {hi}" if hi is not None else "")
+            raise bad_input(where, f"got {number!r}", expected)
         if lo is not None and number < lo:
             expected = f"a value >= {lo}" + (f" and <= {hi}" if hi is not None else "")
             raise bad_input(where, f"got {number!r}", expected)
@@ -233,6 +210,7 @@ def describe(cls: type) -> list[dict[str, Any]]:
                 "default": default,
                 "min": spec.metadata.get("min"),
                 "max": spec.metadata.get("max"),
+                "above": spec.metadata.get("above"),
                 "choices": spec.metadata.get("choices"),
                 "help": spec.metadata.get("help", ""),
             }
