@@ -56,7 +56,7 @@ import copy
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ import pandas as pd
 
 from medtraverse.core.device import resolve_device
 from medtraverse.core.errors import InputError, bad_input
-from medtraverse.core.params import load_params
+from medtraverse.core.params import load_params, parse_params, setting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,49 +100,35 @@ PRESETS: dict[str, dict[str, Any]] = {
 class ClassifierParams:
     """Typed ``classifiers.params``; None means "the preset's value"."""
 
-    preset: str = "auto"
-    image_size: int = 512
-    epochs: int | None = None
-    batch_size: int = 128
-    eval_batch_size: int | None = None
-    learning_rate: float | None = None
-    weight_decay: float | None = None
-    hflip: bool | None = None
-    vflip: bool | None = None
-    affine_degrees: float | None = None
-    affine_translate: float | None = None
-    brightness: float | None = None
-    contrast: float | None = None
-    drop_rate: float = 0.3
-    pretrained: str | None = None
-    select: str = "best"
-    threshold: float = 0.5
-    seed: int = 0
-    amp: bool = True
-    device: str = "auto"
-    num_workers: int = 0
-    max_steps_per_epoch: int | None = None
+    preset: str = setting("auto", choices=("auto", *PRESETS), help="defaults of this dataset")
+    image_size: int = setting(512, min=1, help="px the images are resized to")
+    epochs: int | None = setting(None, min=1, help="training epochs (preset)")
+    batch_size: int = setting(128, min=1, help="training batch size")
+    eval_batch_size: int | None = setting(None, min=1, help="evaluation batch (batch_size)")
+    learning_rate: float | None = setting(None, above=0, help="AdamW learning rate (preset)")
+    weight_decay: float | None = setting(None, min=0, help="AdamW weight decay (preset)")
+    hflip: bool | None = setting(None, help="random horizontal flips (preset)")
+    vflip: bool | None = setting(None, help="random vertical flips (preset)")
+    affine_degrees: float | None = setting(None, min=0, help="random rotation, degrees (preset)")
+    affine_translate: float | None = setting(
+        None, min=0, max=1, help="random shift, fraction (preset)"
+    )
+    brightness: float | None = setting(None, min=0, help="colour jitter (preset)")
+    contrast: float | None = setting(None, min=0, help="colour jitter (preset)")
+    drop_rate: float = setting(0.3, min=0, max=1, help="dropout before the head")
+    pretrained: str | None = setting(None, help="ImageNet weights file, or none")
+    select: str = setting("best", choices=("best", "last"), help="which epoch's weights")
+    threshold: float = setting(0.5, min=0, max=1, help="probability of a positive")
+    seed: int = setting(0, min=0, help="global seed")
+    amp: bool = setting(True, help="mixed precision on CUDA")
+    device: str = setting("auto", help='"auto", "cpu", "cuda" or "cuda:<n>"')
+    num_workers: int = setting(0, min=0, help="data loader workers")
+    max_steps_per_epoch: int | None = setting(None, min=1, help="cap on steps (tests)")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "params") -> ClassifierParams:
-        """Check types key by key (one-line errors naming the key); unknown keys are errors."""
-        known = {f.name: f for f in fields(cls)}
-        out: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key not in known:
-                raise bad_input(f"{where}.{key}", "unknown key", f"one of {', '.join(known)}")
-            out[key] = _check_type(f"{where}.{key}", value, str(known[key].type))
-        params = cls(**out)
-        if params.preset not in ("auto", *PRESETS):
-            raise bad_input(
-                f"{where}.preset", f"got {params.preset!r}", "'auto', 'chexpert' or 'isic'"
-            )
-        if params.select not in ("best", "last"):
-            raise bad_input(f"{where}.select", f"got {params.select!r}", "'best' or 'last'")
-        for key in ("image_size", "batch_size", "epochs", "eval_batch_size", "max_steps_per_epoch"):
-            value = getattr(params, key)
-            if value is not None and value < 1:
-                raise bad_input(f"{where}.{key}", f"got {value}", "an integer >= 1")
+        """Typed settings (one-line errors naming the key); "none" as pretrained means None."""
+        params = parse_params(cls, raw, where)
         if isinstance(params.pretrained, str) and params.pretrained.strip().lower() in {
             "",
             "none",
@@ -161,31 +147,6 @@ class ClassifierParams:
         if out.eval_batch_size is None:
             out.eval_batch_size = out.batch_size
         return out
-
-
-def _check_type(where: str, value: Any, annotation: str) -> Any:
-    optional = "None" in annotation
-    if value is None:
-        if optional:
-            return None
-        raise bad_input(where, "got null", annotation)
-    if annotation.startswith("bool"):
-        if not isinstance(value, bool):
-            raise bad_input(where, f"got {value!r}", "true or false")
-        return value
-    if annotation.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad_input(where, f"got {value!r}", "an integer")
-        return value
-    if annotation.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad_input(where, f"got {value!r}", "a number")
-        return float(value)
-    if annotation.startswith("str"):
-        if not isinstance(value, str):
-            raise bad_input(where, f"got {value!r}", "a string")
-        return value
-    return value
 
 
 # --------------------------------------------------------------------------------------------
