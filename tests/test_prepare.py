@@ -294,14 +294,17 @@ def test_isic_comma_table_missing_artifacts_and_flat_images(tmp_path: Path) -> N
         jpg.rename(tmp_path / "isic" / jpg.name)
     (tmp_path / "isic" / "ISIC_2019_Training_Input").rmdir()
 
-    dropped = prep_isic(tmp_path / "isic", table, tmp_path / "drop")
+    # images beside the tables: image_dir "." (a missing image_dir is an error, no fallback)
+    dropped = prep_isic(tmp_path / "isic", table, tmp_path / "drop", image_dir=".")
     assert len(dropped) == 8  # MEL/NV among ids 0..9
     assert dropped["source_path"].iloc[0] == "ISIC_0000000.jpg"
     summary = json.loads((tmp_path / "drop" / "summary.json").read_text())
     assert summary["dropped"]["missing_artifacts"] == 4
     assert "missing_artifacts 4" in (tmp_path / "drop" / "summary.txt").read_text()
 
-    zeros = prep_isic(tmp_path / "isic", table, tmp_path / "zeros", missing_artifacts="zeros")
+    zeros = prep_isic(
+        tmp_path / "isic", table, tmp_path / "zeros", missing_artifacts="zeros", image_dir="."
+    )
     assert len(zeros) == 12
     assert (zeros.set_index("image_id").loc["ISIC_0000013", ARTIFACTS] == 0).all()
 

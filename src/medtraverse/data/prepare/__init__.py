@@ -202,9 +202,10 @@ def _finish(
     rows["split"] = rows["group"].map(assignment)
     rows["path"] = [f"images/{i}.png" for i in rows["image_id"]]
     _train_left(rows)
+    _held_out_left(rows, common)
 
     out = Path(out)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage="prepare") as tmp:
         tmp.mkdir(parents=True)
         tasks = [
             ResizeTask(Path(src), tmp / rel, common.resolution)
@@ -267,6 +268,18 @@ def _train_left(rows: pd.DataFrame) -> None:
         )
 
 
+def _held_out_left(rows: pd.DataFrame, common: CommonParams) -> None:
+    """A val or test split asked for (fraction > 0) but left empty by rounding is bad input:
+    classifiers select on val and report on test."""
+    for split in ("val", "test"):
+        if getattr(common, f"{split}_fraction") > 0 and (rows["split"] == split).sum() == 0:
+            raise bad_input(
+                f"params.{split}_fraction",
+                f"the {split} split is empty ({rows['group'].nunique()} groups in all)",
+                "more images or a larger fraction",
+            )
+
+
 def _nothing_left(rows: pd.DataFrame, inputs: list[Path], when: str) -> None:
     if rows.empty:
         raise bad_input(inputs[0], f"no images left {when}", "at least one image on disk")
@@ -292,7 +305,7 @@ def _summary(
                 k: int(v) for k, v in part["label"].value_counts().sort_index().items()
             }
         per_split[split] = entry
-    group_name = "patients" if dataset == "chexpert" else "images"
+    group_name = notes.get("group_by") or ("patients" if dataset == "chexpert" else "images")
     return {
         "dataset": dataset,
         "root": str(root),
@@ -302,7 +315,9 @@ def _summary(
         "dropped": {
             k.removeprefix("dropped_"): v for k, v in notes.items() if k.startswith("dropped_")
         },
-        "counts": {k: v for k, v in notes.items() if not k.startswith("dropped_")},
+        "counts": {
+            k: v for k, v in notes.items() if not k.startswith("dropped_") and k != "group_by"
+        },
         "skipped_images": {"count": len(skipped), "items": skipped},
         "params": resolved,
     }
@@ -347,7 +362,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--artifacts",
-        type=Path,
+        type=str,
         default=None,
         help="ISIC only: artifact table (Bissoto et al. format, ';' or ',' separated)",
     )
@@ -363,6 +378,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    from medtraverse.core.io import check_output
+
+    check_output(args.out, "prepare", "folder")  # before any work; never replaces user data
     from medtraverse.core.params import load_params
 
     params = load_params(args.params)
@@ -371,6 +389,8 @@ def main(args: argparse.Namespace) -> None:
     if args.dataset == "isic":
         if args.artifacts is None:
             raise bad_input("--artifacts", "missing", "the artifact table for --dataset isic")
+        if not args.artifacts.strip():
+            raise bad_input("--artifacts", "an empty path", "the artifact table (a CSV file)")
         prepare_isic(args.root, args.artifacts, args.out, params, workers=args.workers)
     else:
         if args.artifacts is not None:

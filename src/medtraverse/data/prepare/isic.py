@@ -3,6 +3,15 @@
 Only melanoma (MEL) and nevus (NV) rows are kept. Artifacts come from a separate table
 (semicolon- or comma-separated, leading unnamed index column allowed, ``image`` matched on its
 id stem); soft scores become flags with ``score >= artifact_threshold`` (0/1 flags unchanged).
+Two formats are read as they are: Bissoto et al.'s annotations (``isic_bias.csv``, ``;``, 0/1
+flags, ISIC 2018 ids such as ``ISIC_0000000.png``, a subset of the images) and the authors'
+merged table (``ISIC2019_Artifacts_merged.csv``, ``,``, the ground-truth columns then soft
+scores for every MEL/NV image), which ``medtraverse annotate-artifacts`` writes too.
+
+ISIC 2019 holds several images of one lesion. When the metadata table
+(``ISIC_2019_Training_Metadata.csv``, by default beside the ground truth) is there, images are
+grouped by ``lesion_id`` (an image without one is its own group), so a lesion never spans two
+splits.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from medtraverse.core.errors import bad_input
-from medtraverse.core.formats import ISIC_ARTIFACTS
+from medtraverse.core.formats import ISIC_ARTIFACTS, ISIC_CLASSES
 from medtraverse.data.prepare.captions import ISIC_LABELS, IsicCaption, typed
 from medtraverse.data.prepare.chexpert import escapes, read_table
 
@@ -28,7 +37,21 @@ KEYS = {
     "missing_artifacts",
     "stratify",
     "caption",
+    "metadata",
 }
+METADATA_FILE = "ISIC_2019_Training_Metadata.csv"
+MERGED_FILE = "ISIC2019_Artifacts_merged.csv"
+# The authors' merged table: an unnamed index, the ground truth, the bias table's old index
+# ("Unnamed: 0"), the artifacts' soft scores, a `vasc` column, the MEL/NV label.
+MERGED_COLUMNS = (
+    "image",
+    *ISIC_CLASSES,
+    "Unnamed: 0",
+    *ISIC_ARTIFACTS,
+    "vasc",
+    "label",
+    "label_string",
+)
 MISSING_ARTIFACTS = ("drop", "zeros")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SUFFIX = "_downsampled"
@@ -45,6 +68,8 @@ class IsicParams:
     missing_artifacts: str = "drop"
     stratify: bool = True
     caption: IsicCaption = field(default_factory=IsicCaption)
+    # None: the metadata table beside the ground truth when it is there; a path: required
+    metadata: str | None = None
 
     @classmethod
     def from_params(cls, params: dict[str, Any], where: str = "params") -> IsicParams:
@@ -65,9 +90,10 @@ class IsicParams:
             missing_artifacts=missing,
             stratify=typed(params, "stratify", bool, d.stratify, where),
             caption=IsicCaption.from_params(params.get("caption"), f"{where}.caption"),
+            metadata=_optional_str(params, "metadata", where),
         )
-        for key in ("ground_truth", "image_dir"):
-            if escapes(getattr(out, key)):
+        for key in ("ground_truth", "image_dir", "metadata"):
+            if getattr(out, key) is not None and escapes(getattr(out, key)):
                 raise bad_input(
                     f"{where}.{key}",
                     f"{getattr(out, key)!r} leaves the dataset root",
@@ -78,6 +104,35 @@ class IsicParams:
                 f"{where}.image_ext", f"got {out.image_ext!r}", "an extension like '.jpg'"
             )
         return out
+
+
+def _optional_str(params: dict[str, Any], key: str, where: str) -> str | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise bad_input(f"{where}.{key}", f"got {value!r}", "a path relative to the root, or null")
+    return value
+
+
+def table_format(path: Path) -> str:
+    """``merged`` for the authors' merged table (ground-truth columns beside the artifacts),
+    ``bissoto`` otherwise (read from the header only)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        header = handle.readline()
+    sep = ";" if header.count(";") > header.count(",") else ","
+    names = {c.strip() for c in header.strip().split(sep)}
+    return "merged" if {"MEL", "NV", *ISIC_ARTIFACTS} <= names else "bissoto"
+
+
+def write_merged(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write ``records`` (``image``, the one-hot classes, the artifact scores, ``label_string``)
+    in the authors' merged format; ``Unnamed: 0`` is the running row number, ``vasc`` 0."""
+    table = pd.DataFrame(records)
+    table["Unnamed: 0"] = np.arange(len(table))
+    table["vasc"] = 0.0
+    table["label"] = (table["label_string"] == "MEL").astype("int64")
+    table[list(MERGED_COLUMNS)].to_csv(path, float_format="%.4f")
 
 
 def match_key(image: str) -> str:
@@ -92,6 +147,8 @@ def match_key(image: str) -> str:
 
 def read_artifacts(path: Path, threshold: float) -> pd.DataFrame:
     """The artifact table as 0/1 flags indexed by match key (soft scores thresholded)."""
+    if path.is_dir():
+        raise bad_input(path, "is a folder", "an artifact table (a CSV file)")
     if not path.is_file():
         raise bad_input(path, "file not found", "an artifact table (Bissoto et al. format)")
     with open(path, encoding="utf-8", errors="replace") as handle:
@@ -160,7 +217,9 @@ def load(
 
     folder = root / params.image_dir
     if not folder.is_dir():
-        folder = root
+        raise bad_input(
+            folder, "no such folder", "the images folder under the root (params.image_dir)"
+        )
     rel_folder = folder.relative_to(root)
     records: dict[str, list[Any]] = {
         k: [] for k in ("image_id", "source_path", "source_file", "origin", "label", "key")
@@ -214,6 +273,39 @@ def load(
             rows["label"], rows[list(ISIC_ARTIFACTS)].to_dict("records"), strict=True
         )
     ]
-    rows["group"] = rows["image_id"]
-    rows["stratum"] = rows["label"] if params.stratify else ""
-    return rows.drop(columns="key"), [gt_path, artifacts], notes
+    inputs = [gt_path, artifacts]
+    lesions = read_lesions(root, params)
+    if lesions is None:
+        rows["group"] = rows["image_id"]
+        notes["group_by"] = "images"
+    else:
+        meta_path, lesion_of = lesions
+        inputs.append(meta_path)
+        ids = rows["image_id"].map(lesion_of).fillna("")
+        notes["images_without_lesion_id"] = int((ids == "").sum())
+        rows["group"] = np.where(ids == "", "image:" + rows["image_id"], "lesion:" + ids)
+        notes["group_by"] = "lesions"
+    # a lesion's stratum: MEL when any of its images is (real lesions never mix MEL and NV)
+    any_mel = rows.groupby("group")["mel"].transform("max")
+    rows["stratum"] = np.where(any_mel == 1, "MEL", "NV") if params.stratify else ""
+    return rows.drop(columns="key"), inputs, notes
+
+
+def read_lesions(root: Path, params: IsicParams) -> tuple[Path, dict[str, str]] | None:
+    """The metadata table and its image -> lesion_id map (blank ids kept blank), or None when
+    no metadata table is configured and none lies beside the ground truth."""
+    if params.metadata is None:
+        path = (root / params.ground_truth).parent / METADATA_FILE
+        if not path.is_file():
+            return None
+    else:
+        path = root / params.metadata
+    table = read_table(path, ("image", "lesion_id"), "ISIC_2019_Training_Metadata.csv")
+    images = table["image"].str.strip()
+    dup = images.duplicated()
+    if dup.any():
+        row = int(np.flatnonzero(dup.to_numpy())[0])
+        raise bad_input(
+            f"{path} row {row + 2}", f"image {images.iloc[row]!r} listed twice", "each image once"
+        )
+    return path, dict(zip(images, table["lesion_id"].str.strip(), strict=True))

@@ -16,6 +16,17 @@ flag 1, rendered at full strength) or, with probability ``borderline_prob``, *bo
 not at all otherwise); an artifact not drawn has a soft score below 0.1 (90%) or in
 [0.1, 0.6) (10%), flag 0, and is not rendered. So the flags are exactly the soft scores
 thresholded at 0.9, and the threshold picks what is clearly visible.
+
+Like the real release, the twin can also hold several images of one lesion
+(``lesion_repeat_prob``: an image re-photographs one of the last few lesions, same class,
+skin and lesion shape, new artifacts and pose), with ``ISIC_2019_Training_Metadata.csv``
+(``lesion_id`` blank for ``no_lesion_id_fraction`` of the single-image lesions),
+``_downsampled`` ids (``downsampled_fraction``: ``ISIC_0000017_downsampled`` in the ground truth
+and the file name, ``ISIC_0000017.png`` in the artifact tables), annotations for a subset only
+(``annotated_fraction`` of the MEL/NV images in ``isic_bias.csv``/``isic_bias_soft.csv``), and
+the authors' merged soft-score table for every MEL/NV image (``ISIC2019_Artifacts_merged.csv``).
+``artifact_scale`` thickens the thin artifacts (hair, ink, bubble rims, ruler ticks) so a tiny
+model sees them at 32 px.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ ARTIFACTS = list(ISIC_ARTIFACTS)
 BIAS_COLUMNS = ["image", *ARTIFACTS, "label", "label_string"]
 GT_FILE = "ISIC_2019_Training_GroundTruth.csv"
 IMAGE_DIR = "ISIC_2019_Training_Input"
+META_FILE = "ISIC_2019_Training_Metadata.csv"
+META_COLUMNS = ["image", "age_approx", "anatom_site_general", "lesion_id", "sex"]
 # Relative shares of the other classes (the real training set has no UNK image).
 OTHER_SHARES = {"BCC": 0.35, "BKL": 0.30, "AK": 0.10, "SCC": 0.08, "DF": 0.08, "VASC": 0.09}
 ARTIFACT_PROBS = {
@@ -62,6 +75,11 @@ class IsicOptions:
     borderline_prob: float = 0.15  # share of drawn artifacts that are borderline
     jpeg_quality: int = 92
     artifact_probs: dict[str, float] = field(default_factory=lambda: dict(ARTIFACT_PROBS))
+    annotated_fraction: float = 1.0  # MEL/NV images in the Bissoto tables (real: 0.15)
+    downsampled_fraction: float = 0.0  # ids with the `_downsampled` suffix (real: 0.08)
+    lesion_repeat_prob: float = 0.0  # an image of an earlier lesion (real: about 0.5)
+    no_lesion_id_fraction: float = 0.08  # single-image lesions without an id (real: 0.08)
+    artifact_scale: float = 0.0  # thin artifacts' extra width: 0 as before, 1.0 doubled
 
     def check(self, where: str) -> None:
         if self.other_fraction >= 1.0:
@@ -134,6 +152,7 @@ def sample_image(rng: np.random.Generator, opts: IsicOptions) -> dict[str, Any]:
         "light_falloff": rng.uniform(0.05, 0.12),
         "blur": rng.uniform(0.3, 0.6),  # px at 64 px, grows with sqrt(size)
         "noise": rng.uniform(0.01, 0.025),
+        "scale": 1.0 + opts.artifact_scale,
     }
 
 
@@ -198,7 +217,7 @@ def _ink(img, grid, item, strength, rng) -> int:
     n = int(rng.integers(1, 4)) if strength >= 1.0 else 1
     colour = (np.array([110, 45, 150]) + rng.uniform(0, 1) * np.array([-50, 5, 10])) / 255.0
     for _ in range(n):
-        width = rng.uniform(0.08, 0.12)
+        width = rng.uniform(0.08, 0.12) * item["scale"]
         if rng.random() < 0.6:  # an arc around the lesion
             r = les["radius"] * 1.35 + rng.uniform(0.05, 0.2)
             a0 = rng.uniform(0, 2 * np.pi)
@@ -213,7 +232,7 @@ def _ink(img, grid, item, strength, rng) -> int:
     return n
 
 
-def _hair(img, grid, strength, rng) -> int:
+def _hair(img, grid, strength, rng, scale: float = 1.0) -> int:
     n = int(rng.integers(4, 11)) if strength >= 1.0 else int(rng.integers(1, 3))
     for _ in range(n):
         a = rng.uniform(0, 2 * np.pi)
@@ -224,18 +243,18 @@ def _hair(img, grid, strength, rng) -> int:
         )
         ctrl = np.stack([p0, rng.uniform(-0.8, 0.8, 2), rng.uniform(-0.8, 0.8, 2), p3])
         colour = np.array([35, 25, 20]) / 255.0 * rng.uniform(0.6, 1.3)
-        cov = draw.stroke(grid, draw.bezier(ctrl, 40), rng.uniform(0.045, 0.065))
+        cov = draw.stroke(grid, draw.bezier(ctrl, 40), rng.uniform(0.045, 0.065) * scale)
         draw.paint(img, cov * strength * rng.uniform(0.8, 0.95), colour)
     return n
 
 
-def _bubbles(img, grid, strength, rng) -> int:
+def _bubbles(img, grid, strength, rng, scale: float = 1.0) -> int:
     n = int(rng.integers(1, 6)) if strength >= 1.0 else 1
     white = np.array([245, 248, 250]) / 255.0
     for _ in range(n):
         r = rng.uniform(0.1, 0.25)
         cx, cy = rng.uniform(-0.8, 0.8, 2)
-        rim = rng.uniform(0.06, 0.08)
+        rim = rng.uniform(0.06, 0.08) * scale
         d = np.hypot(grid.x - cx, grid.y - cy)
         draw.paint(img, draw.inside(d - r, grid.px) * 0.15 * strength, white)
         draw.paint(img, draw.inside(np.abs(d - r) - rim / 2, grid.px) * 0.85 * strength, white)
@@ -254,7 +273,7 @@ def _gel_border(img, grid, strength, rng) -> None:
     draw.paint(img, draw.inside(np.abs(d) - 0.02, grid.px) * 0.25 * strength, np.ones(3))
 
 
-def _ruler(img, grid, strength, rng) -> str:
+def _ruler(img, grid, strength, rng, scale: float = 1.0) -> str:
     edges = {"right": 0.0, "bottom": 90.0, "left": 180.0, "top": 270.0}
     edge = list(edges)[int(rng.integers(0, 4))]
     phi = math.radians(edges[edge] + rng.uniform(-3.0, 3.0))
@@ -269,7 +288,11 @@ def _ruler(img, grid, strength, rng) -> str:
     along = np.abs(q - k) * spacing
     length = np.where(k % 5 == 0, 0.75, 0.45) * width
     inner = offset - width / 2
-    tick = draw.inside(along - 0.015, grid.px) * draw.inside(nrm - inner - length, grid.px) * band
+    tick = (
+        draw.inside(along - 0.015 * scale, grid.px)
+        * draw.inside(nrm - inner - length, grid.px)
+        * band
+    )
     draw.paint(img, tick * 0.9 * strength, np.array([30, 30, 30]) / 255.0)
     return edge
 
@@ -304,13 +327,16 @@ def render(item: dict[str, Any], size: int, rng: np.random.Generator) -> tuple[n
     info["ink_strokes"] = _ink(img, grid, item, strength["ink"], rng) if strength["ink"] else 0
     if strength["patches"]:
         _patch(img, grid, strength["patches"], rng)
-    info["hair_count"] = _hair(img, grid, strength["hair"], rng) if strength["hair"] else 0
+    scale = item["scale"]
+    info["hair_count"] = _hair(img, grid, strength["hair"], rng, scale) if strength["hair"] else 0
     if strength["gel_border"]:
         _gel_border(img, grid, strength["gel_border"], rng)
     info["bubble_count"] = (
-        _bubbles(img, grid, strength["gel_bubble"], rng) if strength["gel_bubble"] else 0
+        _bubbles(img, grid, strength["gel_bubble"], rng, scale) if strength["gel_bubble"] else 0
     )
-    info["ruler_edge"] = _ruler(img, grid, strength["ruler"], rng) if strength["ruler"] else ""
+    info["ruler_edge"] = (
+        _ruler(img, grid, strength["ruler"], rng, scale) if strength["ruler"] else ""
+    )
     r2 = (grid.x**2 + grid.y**2) / 2.0
     img *= (1.0 - item["light_falloff"] * r2)[..., None]
     info["fov_radius"] = (
@@ -326,16 +352,55 @@ def render(item: dict[str, Any], size: int, rng: np.random.Generator) -> tuple[n
 # --- the dataset -----------------------------------------------------------------------------
 
 
+SITES = ("anterior torso", "posterior torso", "lower extremity", "upper extremity", "head/neck")
+RECENT_LESIONS = 5  # a repeat photographs one of the last few lesions (real ids are clustered)
+
+
+def sample_lesion_layout(rng: np.random.Generator, opts: IsicOptions) -> dict[str, Any]:
+    """Per-image draws of the release's layout (a fixed number, so prefixes do not depend on n):
+    repeat an earlier lesion or not, which one, blank id, ``_downsampled`` id, annotated, and
+    the metadata's age, site and sex."""
+    return {
+        "repeat": rng.random() < opts.lesion_repeat_prob,
+        "pick": int(rng.integers(0, RECENT_LESIONS)),
+        "no_id": rng.random() < opts.no_lesion_id_fraction,
+        "downsampled": rng.random() < opts.downsampled_fraction,
+        "annotated": rng.random() < opts.annotated_fraction,
+        "age": int(rng.integers(3, 18)) * 5,
+        "site": SITES[int(rng.integers(0, len(SITES)))],
+        "sex": "female" if rng.random() < 0.5 else "male",
+    }
+
+
 def write(root: Path, n: int, size: int, seed: int, opts: IsicOptions) -> dict[str, Any]:
-    """Write the twin under ``root`` (GT table, images, artifact tables, factors.parquet)."""
+    """Write the twin under ``root`` (GT and metadata tables, images, artifact tables,
+    factors.parquet)."""
     import pandas as pd
 
+    from medtraverse.data.prepare.isic import MERGED_FILE, write_merged
+
     (root / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
-    gt, bias, soft, factors = [], [], [], []
+    gt, meta, bias, soft, merged, factors = [], [], [], [], [], []
+    layout_rng = np.random.default_rng(derive_seed(seed, STAGE, "layout"))
+    lesions: dict[str, dict[str, Any]] = {}  # lesion id -> the first image's draws
+    recent: list[str] = []
     for i in tqdm(range(n), desc="synth isic", unit="img", disable=None):
-        image_id = f"ISIC_{i:07d}"
+        layout = sample_lesion_layout(layout_rng, opts)
+        image_id = f"ISIC_{i:07d}" + ("_downsampled" if layout["downsampled"] else "")
         rng = np.random.default_rng(derive_seed(seed, STAGE, i))
         item = sample_image(rng, opts)
+        if layout["repeat"] and recent:
+            lesion_id = recent[-1 - layout["pick"] % len(recent)]
+            first = lesions[lesion_id]
+            pose = {k: item["lesion"][k] for k in ("cx", "cy", "angle")}
+            item.update({k: first[k] for k in ("label", "skin", "tone")})
+            item["lesion"] = {**first["lesion"], **pose}
+        elif layout["no_id"]:
+            lesion_id = ""
+        else:
+            lesion_id = f"IL_{len(lesions):07d}"
+            lesions[lesion_id] = item
+            recent = [*recent[-(RECENT_LESIONS - 1) :], lesion_id]
         pixels, info = render(item, size, rng)
         rel = f"{IMAGE_DIR}/{image_id}.jpg"
         # 4:4:4 chroma keeps thin colour strokes (ink) at 32-64 px
@@ -343,27 +408,36 @@ def write(root: Path, n: int, size: int, seed: int, opts: IsicOptions) -> dict[s
             root / rel, format="JPEG", quality=opts.jpeg_quality, subsampling=0
         )
         label = item["label"]
-        gt.append({"image": image_id, **{c: float(c == label) for c in CLASSES}})
+        onehot = {c: float(c == label) for c in CLASSES}
+        gt.append({"image": image_id, **onehot})
+        meta.append(
+            {
+                "image": image_id,
+                "age_approx": layout["age"],
+                "anatom_site_general": layout["site"],
+                "lesion_id": lesion_id,
+                "sex": layout["sex"],
+            }
+        )
         arts = item["artifacts"]
+        annotated = label in ("MEL", "NV") and layout["annotated"]
         if label in ("MEL", "NV"):
+            # ISIC 2018-style ids in the artifact tables: no `_downsampled`, `.png`
+            name = f"ISIC_{i:07d}.png"
             tail = {"label": int(label == "MEL"), "label_string": label}
-            bias.append(
-                {"image": f"{image_id}.png", **{a: arts[a]["flag"] for a in ARTIFACTS}, **tail}
-            )
-            soft.append(
-                {
-                    "image": f"{image_id}.png",
-                    **{a: round(arts[a]["soft"], 4) for a in ARTIFACTS},
-                    **tail,
-                }
-            )
+            scores = {a: round(arts[a]["soft"], 4) for a in ARTIFACTS}
+            if annotated:
+                bias.append({"image": name, **{a: arts[a]["flag"] for a in ARTIFACTS}, **tail})
+                soft.append({"image": name, **scores, **tail})
+            merged.append({"image": image_id, **onehot, **scores, "label_string": label})
         les = item["lesion"]
         fac: dict[str, Any] = {
             "path": rel,
             "image_id": image_id,
+            "lesion_id": lesion_id,
             "label": label,
             "mel": int(label == "MEL"),
-            "in_bias_table": label in ("MEL", "NV"),
+            "in_bias_table": annotated,
         }
         for a in ARTIFACTS:
             fac[a] = arts[a]["flag"]
@@ -379,16 +453,22 @@ def write(root: Path, n: int, size: int, seed: int, opts: IsicOptions) -> dict[s
         fac.update(info)
         factors.append(fac)
     pd.DataFrame(gt, columns=["image", *CLASSES]).to_csv(root / GT_FILE, index=False)
+    pd.DataFrame(meta, columns=META_COLUMNS).to_csv(root / META_FILE, index=False)
     pd.DataFrame(bias, columns=BIAS_COLUMNS).to_csv(root / "isic_bias.csv", sep=";")
     pd.DataFrame(soft, columns=BIAS_COLUMNS).to_csv(
         root / "isic_bias_soft.csv", sep=";", float_format="%.4f"
     )
+    if merged:
+        write_merged(root / MERGED_FILE, merged)
     pd.DataFrame(factors).to_parquet(root / "factors.parquet", index=False)
     table = pd.DataFrame(factors)
+    named = table["lesion_id"] != ""
     return {
         "images": n,
         "classes": {k: int(v) for k, v in table["label"].value_counts().sort_index().items()},
         "bias_rows": len(bias),
+        "merged_rows": len(merged),
+        "lesions": int(table.loc[named, "lesion_id"].nunique() + (~named).sum()),
         **{f"{a}_flag": int(table[a].sum()) for a in ARTIFACTS},
         **{f"{a}_rendered": int(table[f"{a}_rendered"].sum()) for a in ARTIFACTS},
     }
