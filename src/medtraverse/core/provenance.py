@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medtraverse.core.errors import InputError
-from medtraverse.core.io import write_json
+from medtraverse.core.io import read_record, record_path, write_json
 
 PACKAGES = (
     "medtraverse",
@@ -37,14 +37,6 @@ PACKAGES = (
     "pandas",
 )
 _HASH_CHUNK = 1 << 20
-
-
-def record_path(artifact: str | Path) -> Path:
-    """Where the record of ``artifact`` lives."""
-    artifact = Path(artifact)
-    if artifact.is_dir():
-        return artifact / "provenance.json"
-    return artifact.with_name(artifact.name + ".prov.json")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -177,7 +169,7 @@ def load(artifact: str | Path) -> dict[str, Any]:
         raise InputError(
             f"{artifact}: no provenance record at {path}; expected an artifact made by medtraverse"
         )
-    return json.loads(path.read_text())
+    return read_record(path)
 
 
 def owning_artifact(path: str | Path, levels: int = 4) -> Path | None:
@@ -204,7 +196,7 @@ def chain(artifact: str | Path) -> list[dict[str, Any]]:
         if owner is None:
             out.append({"artifact": str(path), "depth": depth, "stage": "raw input"})
             return
-        rec = json.loads(record_path(owner).read_text())
+        rec = read_record(record_path(owner))
         rec["depth"] = depth
         out.append(rec)
         for entry in rec.get("inputs", []):

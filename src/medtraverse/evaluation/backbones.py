@@ -77,9 +77,9 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
     import torch
 
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from medtraverse.core.io import read_safetensors
 
-        return load_file(str(path))
+        return read_safetensors(path, "a state dict (safetensors)")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure is a bad weights file

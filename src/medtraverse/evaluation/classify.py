@@ -226,7 +226,8 @@ class Classifier:
 def load_classifier(folder: str | Path, device: str = "cpu", amp: bool = True) -> Classifier:
     """Load a classifier folder written by ``train_classifier`` (safetensors + model.json)."""
     import timm
-    from safetensors.torch import load_file
+
+    from medtraverse.core.io import read_safetensors
 
     folder = Path(folder)
     meta_path, weights = folder / "model.json", folder / "model.safetensors"
@@ -235,7 +236,13 @@ def load_classifier(folder: str | Path, device: str = "cpu", amp: bool = True) -
             raise bad_input(
                 path, "missing", "a classifier folder made by 'medtraverse train-classifier'"
             )
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise bad_input(meta_path, f"not valid JSON ({err})", "a classifier's model.json") from None
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    if not isinstance(attrs, list) or not attrs:
+        raise bad_input(meta_path, "no 'attributes' list", "a classifier's model.json")
     if meta.get("arch") != "efficientnet_b0":
         raise bad_input(meta_path, f"arch {meta.get('arch')!r}", "'efficientnet_b0'")
     model = timm.create_model(
@@ -244,7 +251,17 @@ def load_classifier(folder: str | Path, device: str = "cpu", amp: bool = True) -
         num_classes=len(meta["attributes"]),
         drop_rate=float(meta.get("drop_rate", 0.3)),
     )
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    state = read_safetensors(weights, "a classifier's weights (safetensors)")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = next((s.strip() for s in first[1:] if s.strip()), first[0] if first else "")
+        raise bad_input(
+            weights,
+            f"does not match {meta_path.name} ({len(attrs)} attributes): {detail[:160]}",
+            "the weights written with this model.json",
+        ) from None
     return Classifier(model, meta, device=device, amp=amp)
 
 
@@ -567,7 +584,7 @@ def train_classifier(
         f"test n={len(test_part)}"
     )
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage="train-classifier") as tmp:
         tmp.mkdir(parents=True)
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -618,6 +635,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    from medtraverse.core.io import check_output
+
+    check_output(args.out, "train-classifier", "folder")  # before any work; keeps user data
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()]
     if not attributes:
         raise InputError("--attributes: empty; expected comma-separated manifest columns")

@@ -249,7 +249,7 @@ def score_shard(
         table[f"truth_{factor}"] = values
     if params.get("lpips_backbone") is not None:
         table["lpips"], table["lpips_backbone"] = lpips_column(meta, params, device)
-    write_parquet(table, out)
+    write_parquet(table, out, stage="score")
     provenance.record(
         out,
         stage="score",
@@ -281,5 +281,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    from medtraverse.core.io import check_output
+
+    check_output(args.out, "score", "file")  # before any work; never replaces user data
     table = score_shard(args.shard, args.classifier, args.out, load_params(args.params))
     print(f"score: {len(table)} images -> {args.out}", file=sys.stderr)

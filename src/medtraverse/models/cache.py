@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medtraverse.core.errors import bad_input
-from medtraverse.core.io import atomic_path
+from medtraverse.core.io import atomic_path, check_output, read_safetensors
 from medtraverse.core.params import load_params
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ def build_cache(
         "rows": len(rows),
     }
     out = Path(out)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage="cache") as tmp:
         tmp.mkdir()
         save_file(
             {"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous()},
@@ -241,15 +241,15 @@ def build_cache(
 def load_cache(path: str | Path) -> EncodedCache:
     """Read a cache folder written by :func:`build_cache`."""
     import pandas as pd
-    from safetensors.torch import load_file
 
     path = Path(path)
     for name in ("latents.safetensors", "prompts.safetensors", "index.parquet", "cache.json"):
         if not (path / name).is_file():
             raise bad_input(path / name, "not found", "a cache folder made by medtraverse cache")
     meta = json.loads((path / "cache.json").read_text())
-    latents = load_file(str(path / "latents.safetensors"))
-    embeddings = load_file(str(path / "prompts.safetensors"))["embeddings"]
+    what = "a cache folder made by medtraverse cache"
+    latents = read_safetensors(path / "latents.safetensors", what)
+    embeddings = read_safetensors(path / "prompts.safetensors", what)["embeddings"]
     index = pd.read_parquet(path / "index.parquet")
     image_ids = list(dict.fromkeys(index["image_id"].astype(str)))
     position = {image_id: i for i, image_id in enumerate(image_ids)}
@@ -283,6 +283,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    check_output(args.out, "cache", "folder")  # before any work; never replaces user data
     print(build_cache(args.model, prep_folder(args), args.out, load_params(args.params)))
 
 

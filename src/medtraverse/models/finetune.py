@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medtraverse.core.errors import bad_input
-from medtraverse.core.io import atomic_path
+from medtraverse.core.io import atomic_path, check_output
 from medtraverse.core.params import load_params
 from medtraverse.core.seeding import derive_seed
 
@@ -635,7 +635,7 @@ def _save_pipeline(model: str | Path, unet: Any, out: Path, pipeline_cls: Any) -
         requires_safety_checker=False,
     )
     source_tokenizer = Path(resolve_base(model)) / "tokenizer"
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage="finetune") as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         for name in ("vocab.json", "merges.txt"):
             if (source_tokenizer / name).is_file() and not (tmp / "tokenizer" / name).exists():
@@ -709,6 +709,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    check_output(args.out, "finetune", "folder")  # before any work; never replaces user data
     export_slurm_distributed_env()
     out = finetune(
         args.model,

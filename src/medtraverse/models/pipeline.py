@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medtraverse.core.errors import bad_input
-from medtraverse.core.io import atomic_path, write_json
+from medtraverse.core.io import atomic_path, check_output, check_safetensors, write_json
 from medtraverse.core.params import load_params
 from medtraverse.core.seeding import derive_seed
 
@@ -227,9 +227,12 @@ def pipeline_from_configs(
     )
 
 
-def build_tiny_pipeline(out_dir: str | Path, *, seed: int = 0, **arch: Any) -> Path:
+def build_tiny_pipeline(
+    out_dir: str | Path, *, seed: int = 0, stage: str | None = None, **arch: Any
+) -> Path:
     """Write the tiny base pipeline folder at ``out_dir`` (atomically), deterministic from
-    ``seed``; ``arch`` overrides :class:`TinyArch` fields. Returns ``out_dir``."""
+    ``seed``; ``arch`` overrides :class:`TinyArch` fields; ``stage`` lets that stage replace its
+    own earlier output (``core.io.atomic_path``). Returns ``out_dir``."""
     from medtraverse.models.tokenizer import PROMPT_TEXTS, build_tokenizer, write_vocab
 
     spec = TinyArch.from_dict(arch)
@@ -240,7 +243,7 @@ def build_tiny_pipeline(out_dir: str | Path, *, seed: int = 0, **arch: Any) -> P
     )
     pipe = pipeline_from_configs(configs, tokenizer, seed=seed)
     out_dir = Path(out_dir)
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_dir, stage=stage) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         write_vocab(tmp / "tokenizer", texts)  # for transformers 4's slow CLIPTokenizer too
     return out_dir
@@ -278,6 +281,8 @@ def load_pipeline(
     local = Path(target).exists()
     if not local and (Path(target).is_absolute() or str(target).startswith(".")):
         raise bad_input(target, "no such folder", "a diffusers StableDiffusionPipeline folder")
+    if local:
+        check_pipeline_files(target)
     try:
         with warnings.catch_warnings():
             # newer diffusers rename torch_dtype to dtype; torch_dtype works on every version
@@ -305,6 +310,16 @@ def pipeline_resolution(pipe: StableDiffusionPipeline) -> int:
 def is_tiny(path: str | Path) -> bool:
     """Whether a base folder is a full pipeline folder (tiny) rather than a pointer (real)."""
     return (Path(path) / "model_index.json").exists()
+
+
+def check_pipeline_files(path: str | Path) -> None:
+    """A local pipeline folder's layout and every safetensors header, so a missing component or
+    a truncated weights file is one line naming it rather than a loader's error."""
+    path = Path(path)
+    check_pipeline_folder(path)
+    for name in COMPONENTS:
+        for weights in sorted((path / name).glob("*.safetensors")):
+            check_safetensors(weights, f"the pipeline's {name} weights (safetensors)")
 
 
 def check_pipeline_folder(path: str | Path) -> dict[str, Any]:
@@ -376,7 +391,7 @@ def build_base(out: str | Path, params: dict[str, Any]) -> Path:
     spec = BaseParams.from_dict(params)
     out = Path(out)
     if spec.base == "tiny":
-        build_tiny_pipeline(out, seed=spec.seed, **spec.arch)
+        build_tiny_pipeline(out, seed=spec.seed, stage="build-base", **spec.arch)
         extra = {"kind": "tiny", "arch": asdict(TinyArch.from_dict(spec.arch))}
         provenance.record(out, stage="build-base", params=params, seeds=spec.seed, extra=extra)
         return out
@@ -393,7 +408,7 @@ def build_base(out: str | Path, params: dict[str, Any]) -> Path:
         "resolved": resolved,
         "model_index": model_index,
     }
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage="build-base") as tmp:
         tmp.mkdir()
         write_json(tmp / POINTER_FILE, pointer)
     provenance.record(out, stage="build-base", params=params, inputs=inputs, extra=pointer)
@@ -411,5 +426,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    check_output(args.out, "build-base", "folder")  # before any work; never replaces user data
     params = load_params(args.params)
     print(build_base(args.out, params))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medtraverse.core.errors import bad_input
-from medtraverse.core.io import atomic_path
+from medtraverse.core.io import atomic_path, check_output
 from medtraverse.core.params import load_params
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def sample_grid(model: str | Path | Any, out: str | Path, params: dict[str, Any]
     )
     image = grid_image(cells, cell=spec.cell, headers=spec.prompts if spec.labels else None)
     out = Path(out)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage="sample-grid") as tmp:
         image.save(tmp, format="PNG")
     inputs = [model] if isinstance(model, str | Path) else []
     provenance.record(out, stage="sample-grid", params=params, inputs=inputs, seeds=spec.seeds)
@@ -173,6 +173,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    check_output(args.out, "sample-grid", "file")  # before any work; never replaces user data
     if not Path(args.model).exists():
         raise bad_input(args.model, "no such folder", "a pipeline folder")
     print(sample_grid(args.model, args.out, load_params(args.params)))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medtraverse.core.errors import bad_input
-from medtraverse.core.io import atomic_path
+from medtraverse.core.io import atomic_path, check_output
 from medtraverse.core.params import load_params
 from medtraverse.core.seeding import derive_seed
 from medtraverse.models.cache import add_prep_arguments
@@ -121,7 +121,7 @@ def train_vae(base: str | Path, prep: str | Path, out: str | Path, params: dict[
         "images": len(images),
     }
     out = Path(out)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage="train-vae") as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         for name in ("vocab.json", "merges.txt"):
             source = Path(base) / "tokenizer" / name
@@ -157,4 +157,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     from medtraverse.models.cache import prep_folder
 
+    check_output(args.out, "train-vae", "folder")  # before any work; never replaces user data
     print(train_vae(args.base, prep_folder(args), args.out, load_params(args.params)))

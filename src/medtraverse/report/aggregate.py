@@ -538,26 +538,21 @@ def probability_rows(
     return rows
 
 
+LATENTS_WHAT = "latents.safetensors in every traversal shard"
+
+
 def latent_pass(
     shards: list[Path], dataset: str, trajectory: str, keep_seeds: int
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """One shard at a time (a real shard holds ~160 MB of latents): per-seed cosines, plus the
     latents of the first ``keep_seeds`` seeds (in seed order) for t-SNE."""
-    from safetensors.numpy import load_file
-
+    from medtraverse.core.io import read_safetensors
     from medtraverse.evaluation.metrics import MetricInputError, cosine_per_seed, parse_latent_key
 
     parts, kept = [], {}
     for shard in sorted(shards):
         path = shard / "latents.safetensors"
-        if not path.is_file():
-            raise bad_input(path, "not found", "latents.safetensors in every traversal shard")
-        try:
-            latents = load_file(str(path))
-        except Exception as err:  # noqa: BLE001
-            raise bad_input(
-                path, f"cannot be read ({type(err).__name__})", "a safetensors file"
-            ) from None
+        latents = read_safetensors(path, LATENTS_WHAT, "numpy")
         try:
             parts.append(cosine_per_seed(latents))
         except MetricInputError as err:
@@ -783,7 +778,7 @@ def aggregate(
     """Compute every metric table and figure into ``out`` (one atomic folder); returns tables."""
     from medtraverse.core import provenance
     from medtraverse.core.device import resolve_device
-    from medtraverse.core.io import atomic_path
+    from medtraverse.core.io import atomic_path, check_safetensors
     from medtraverse.evaluation.backbones import check_backbones
 
     p = check_params(params)
@@ -792,6 +787,8 @@ def aggregate(
     scores = read_scores(score_files, p["dataset"])
     shards = find_shards([Path(t) for t in traversals or []])
     needs_lpips = bool(shards) and not ("lpips" in scores.columns and scores["lpips"].notna().all())
+    for shard in (s for group in shards.values() for s in group):  # known before the work
+        check_safetensors(shard / "latents.safetensors", LATENTS_WHAT)
     for line in check_backbones(p, lpips=needs_lpips):
         print(f"aggregate: {line}", file=sys.stderr)
     device = resolve_device(p["device"])
@@ -869,7 +866,7 @@ def aggregate(
         )
     lp_note = lpips_note(lpips_labels)
     result["summary"] = summary_table(result["cfrt"], result["lpips"], p["reference"])
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage="aggregate") as tmp:
         tmp.mkdir(parents=True)
         write_tables(
             tmp,
@@ -1063,6 +1060,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    from medtraverse.core.io import check_output
+
+    check_output(args.out, "aggregate", "folder")  # before any work; never replaces user data
     result = aggregate(
         args.scores,
         args.out,

@@ -317,15 +317,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     from medtraverse.core import provenance
-    from medtraverse.core.io import atomic_path
+    from medtraverse.core.io import atomic_path, check_output
     from medtraverse.traversal.shards import find_shards
 
+    check_output(args.out, "figures", "folder")  # before any work; never replaces user data
     if not args.metrics.is_dir():
         raise bad_input(args.metrics, "not a folder", "a folder written by 'medtraverse aggregate'")
     params = load_params(args.params)
     shards = find_shards(list(args.traversals))
     shard_map = {t: s for (_, t), s in shards.items()}
-    with atomic_path(args.out) as tmp:
+    with atomic_path(args.out, stage="figures") as tmp:
         render_all(args.metrics, shard_map, tmp, params)
     provenance.record(
         args.out, stage="figures", params=params, inputs=[args.metrics, *args.traversals]

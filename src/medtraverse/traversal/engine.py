@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING, Any
 
 from medtraverse.core.device import resolve_device
 from medtraverse.core.errors import InputError, bad_input
-from medtraverse.core.io import atomic_path, write_json
+from medtraverse.core.io import atomic_path, check_output, write_json
 from medtraverse.core.params import load_params, parse_params, setting
 
 if TYPE_CHECKING:
@@ -431,6 +431,23 @@ def _scratch(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def _check_scratch(scratch: Path) -> None:
+    """Refuse a ``<shard>.partial`` that is not this stage's resume folder (it would be removed):
+    ours holds settings.json, or nothing but a killed write's temps."""
+    if not os.path.lexists(scratch):
+        return
+    if scratch.is_dir() and not scratch.is_symlink():
+        foreign = [p for p in scratch.iterdir() if not p.name.endswith(".tmp")]
+        if (scratch / "settings.json").is_file() or not foreign:
+            return
+        what = f"a folder of {len(foreign)} entries without settings.json"
+    else:
+        what = "not a folder"
+    raise bad_input(
+        scratch, f"exists and is {what}", "the resume folder of 'medtraverse traverse' or no path"
+    )
+
+
 def _block_dir(scratch: Path, block: Sequence[int]) -> Path:
     return scratch / f"seeds-{block[0]:09d}-{block[-1]:09d}"
 
@@ -521,6 +538,7 @@ def traverse_shard(
     scratch = _scratch(out)
     ident_file = scratch / "settings.json"
     if scratch.exists():
+        _check_scratch(scratch)
         same = ident_file.is_file() and json.loads(ident_file.read_text()) == identity
         if not same:
             shutil.rmtree(scratch)
@@ -545,7 +563,7 @@ def traverse_shard(
                 on_block_done(block)
     bar.close()
 
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage=STAGE) as tmp:
         _assemble(scratch, blocks, tmp)
         from medtraverse.core.provenance import record, record_path
 
@@ -737,6 +755,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    check_output(args.out, STAGE, "folder")  # before any work; never replaces user data
+    _check_scratch(_scratch(args.out))
     params = TraverseParams.from_dict(load_params(args.params))
     prompts = {}
     for key in ("neutral", "attribute"):

@@ -110,7 +110,7 @@ def synthesize(dataset: str, out: str | Path, n: int, size: int, seed: int, **op
     else:
         from medtraverse.data.synth.isic import write
     out = Path(out)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage="synth") as tmp:
         tmp.mkdir()
         summary = write(tmp, n, size, seed, opts)
     params = {"dataset": dataset, "n": n, "size": size, "seed": seed, **dataclasses.asdict(opts)}
@@ -144,6 +144,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    from medtraverse.core.io import check_output
+
+    check_output(args.out, "synth", "folder")  # before any work; never replaces user data
     from medtraverse.core.params import load_params
 
     if args.dataset not in DATASETS:
