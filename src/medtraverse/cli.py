@@ -18,6 +18,10 @@ STAGES: dict[str, tuple[str, str]] = {
         "medtraverse.data.prepare",
         "build the manifest (splits, prompts, labels, resized images)",
     ),
+    "annotate-artifacts": (
+        "medtraverse.evaluation.artifacts",
+        "ISIC: soft artifact scores for every MEL/NV image (EfficientNet-B0 on the annotated)",
+    ),
     "build-base": (
         "medtraverse.models.pipeline",
         "build the tiny base pipeline, or check a real SD folder",
@@ -39,6 +43,10 @@ STAGES: dict[str, tuple[str, str]] = {
         "medtraverse.traversal.engine",
         "generate one shard of swap trajectories and Bezier frames",
     ),
+    "invert": (
+        "medtraverse.traversal.invert",
+        "invert real images to start latents (DDIM, null-text) for traversal",
+    ),
     "train-classifier": (
         "medtraverse.evaluation.classify",
         "train an EfficientNet-B0 attribute classifier",
@@ -52,7 +60,23 @@ STAGES: dict[str, tuple[str, str]] = {
         "CFRT, LPIPS, cosine, t-SNE, FID with bootstrap CIs",
     ),
     "figures": ("medtraverse.report.figures", "traversal grids, Bezier strips and metric plots"),
+    "shortcut-splits": (
+        "medtraverse.data.shortcut",
+        "confounded train/val and balanced/imbalanced test splits (shortcut study)",
+    ),
+    "shortcut-arm": (
+        "medtraverse.evaluation.shortcut",
+        "one arm's training set: confounded, + counterfactuals, balanced, or counterfactuals",
+    ),
+    "shortcut-report": (
+        "medtraverse.report.shortcut",
+        "per-arm, per-group metrics with bootstrap CIs, tables and a figure",
+    ),
     "provenance": ("medtraverse.core.provenance", "print an artifact's provenance chain"),
+    "audit": (
+        "medtraverse.audit",
+        "what on disk the current config no longer makes, or made differently (--prune)",
+    ),
     "submit": ("medtraverse.hpc.submit", "run one stage as a one-off SLURM job (submitit)"),
 }
 

@@ -66,12 +66,14 @@ def raw_root(wildcards):
 
 def raw_input(wildcards):
     """The raw tables prepare reads (so a changed CSV reruns preparation)."""
+    extra = [ANNOTATED] if annotates(wildcards.dataset) else []
     if is_synthetic(wildcards.dataset):
-        return [f"{RESULTS}/data/{wildcards.dataset}/raw"]
+        return [f"{RESULTS}/data/{wildcards.dataset}/raw", *extra]
     src = dataset_config(wildcards)["source"]
     if wildcards.dataset == "isic":
         tables = [
             f"{src['root']}/ISIC_2019_Training_GroundTruth.csv",
+            f"{src['root']}/ISIC_2019_Training_Metadata.csv",
             src.get("artifacts", ""),
         ]
     else:
@@ -81,18 +83,79 @@ def raw_input(wildcards):
             f"{src['root']}/{folder}/{name}" for name in ("train.csv", "valid.csv")
         ]
     # Tables not there (a dry run away from the data) are left to prepare, which names them.
+    return [t for t in tables if t and Path(t).exists()] + extra
+
+
+ANNOTATED = f"{RESULTS}/data/isic/artifacts"
+TWIN_TABLES = {
+    "flags": "isic_bias.csv",
+    "soft": "isic_bias_soft.csv",
+    "merged": "ISIC2019_Artifacts_merged.csv",
+    "annotate": "isic_bias.csv",
+}
+
+
+def annotates(dataset):
+    """Whether ISIC's prepare reads pseudo-labels from annotate_artifacts: the twin with
+    `artifacts: annotate`, or a real table that is not the authors' merged table."""
+    if dataset != "isic":
+        return False
+    src = config["datasets"][dataset]["source"]
+    if is_synthetic(dataset):
+        return src.get("artifacts") == "annotate"
+    table = Path(src.get("artifacts", ""))
+    if src.get("artifacts") and table.is_file():
+        from medtraverse.data.prepare.isic import table_format
+
+        return table_format(table) != "merged"
+    return True
+
+
+def annotations_table(wildcards):
+    """The annotations annotate_artifacts learns from (Bissoto's table, or the twin's)."""
+    src = config["datasets"]["isic"]["source"]
+    if is_synthetic("isic"):
+        return f"{RESULTS}/data/isic/raw/isic_bias.csv"
+    return src.get("artifacts", "")
+
+
+def annotate_root(wildcards):
+    if is_synthetic("isic"):
+        return f"{RESULTS}/data/isic/raw"
+    return config["datasets"]["isic"]["source"]["root"]
+
+
+def annotate_input(wildcards):
+    if is_synthetic("isic"):
+        return [f"{RESULTS}/data/isic/raw"]
+    tables = [annotations_table(wildcards)]
     return [t for t in tables if t and Path(t).exists()]
 
 
+def annotate_params(wildcards):
+    """The `annotate` section, with prepare's table and image locations unless it sets its own."""
+    ds = config["datasets"]["isic"]
+    prep = ds.get("prepare", {})
+    shared = ("ground_truth", "image_dir", "image_ext", "metadata")
+    return as_json(
+        {
+            "seed": config["seed"],
+            **{k: prep[k] for k in shared if k in prep},
+            **ds.get("annotate", {}),
+        }
+    )
+
+
 def artifacts_option(wildcards):
-    """`--artifacts <table>` for ISIC (the user's, or the twin's flags or soft scores), else ''."""
+    """`--artifacts <table>` for ISIC: the pseudo-labels annotate_artifacts wrote, the user's
+    table, or the twin's (`flags`, `soft`, `merged`); else ''."""
     if wildcards.dataset != "isic":
         return ""
     src = dataset_config(wildcards)["source"]
-    if is_synthetic(wildcards.dataset):
-        name = (
-            "isic_bias_soft.csv" if src.get("artifacts") == "soft" else "isic_bias.csv"
-        )
+    if annotates(wildcards.dataset):
+        table = f"{ANNOTATED}/ISIC2019_Artifacts_merged.csv"
+    elif is_synthetic(wildcards.dataset):
+        name = TWIN_TABLES.get(src.get("artifacts", "flags"), "isic_bias.csv")
         table = f"{RESULTS}/data/isic/raw/{name}"
     else:
         table = src.get("artifacts", "")

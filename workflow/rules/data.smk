@@ -19,6 +19,30 @@ rule synthesize_dataset:
         " --params {params.synth:q} > {log:q} 2>&1"
 
 
+rule annotate_artifacts:
+    input:
+        raw=annotate_input,
+        src=stage_code("annotate-artifacts"),
+    output:
+        directory(ANNOTATED),
+    log:
+        f"{LOGS}/annotate_artifacts/isic.log",
+    benchmark:
+        f"{BENCH}/annotate_artifacts/isic.tsv"
+    conda:
+        "../../envs/medtraverse.yaml"
+    resources:
+        gpu=1,
+    params:
+        root=annotate_root,
+        annotations=annotations_table,
+        annotate=annotate_params,
+    shell:
+        "medtraverse annotate-artifacts --root {params.root:q}"
+        " --annotations {params.annotations:q} --out {output:q}"
+        " --params {params.annotate:q} > {log:q} 2>&1"
+
+
 rule prepare_dataset:
     input:
         raw=raw_input,

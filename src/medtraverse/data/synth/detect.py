@@ -240,11 +240,14 @@ def isic_measures(img: np.ndarray) -> dict[str, float]:
         band |= lines[:, None] if axis == 1 else lines[None, :]
     out["ruler_line"] = best
     out["white_fraction"] = float((whitish & ~band).sum() / max((~band).sum(), 1))
-    smooth = ndimage.gaussian_filter(val, sigma=0.06 * min(h, w))
-    lesion = smooth < 0.8 * skin
-    corner_dark = smooth < 0.45 * skin
     size = _odd(0.09 * min(h, w))
     flat = np.minimum(val, skin)  # bright rims (bubbles, ruler) must not frame dark gaps
+    # lesion and black corners found without the hair (a closing wider than hair removes it),
+    # so dense or thick hair is not taken for the lesion
+    hairless = ndimage.grey_closing(val, size=(size, size))
+    smooth = ndimage.gaussian_filter(hairless, sigma=0.06 * min(h, w))
+    lesion = smooth < 0.8 * skin
+    corner_dark = smooth < 0.45 * skin
     blackhat = ndimage.grey_closing(flat, size=(size, size)) - flat
     excluded = ndimage.binary_dilation(
         lesion | corner_dark | ink | band, iterations=max(1, size // 3)
@@ -277,7 +280,7 @@ def detect_isic(img: np.ndarray) -> dict[str, float]:
     ``mel`` (melanoma rather than nevus; weaker than the artifact scores)."""
     m = isic_measures(img)
     return {
-        "hair": _squash(m["hair_fraction"], 0.025, 0.006),
+        "hair": _squash(m["hair_fraction"], 0.07, 0.012),
         "gel_bubble": _squash(m["white_fraction"], 0.008, 0.002),
         "ruler": _squash(m["ruler_line"], 0.6, 0.06),
         "ink": _squash(m["ink_fraction"], 0.0025, 0.0007),
