@@ -141,7 +141,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def _check_bounds(value: Any, meta: Mapping[str, Any], where: str) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise bad_input(where, f"got {value!r}", "one of " + ", ".join(map(repr, choices)))
+        shown = ("null" if c is None else repr(c) for c in choices)
+        raise bad_input(where, f"got {value!r}", "one of " + ", ".join(shown))
     lo, hi, above = meta.get("min"), meta.get("max"), meta.get("above")
     numbers = value if isinstance(value, list | tuple) else [value]
     for number in numbers:
