@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +34,33 @@ import numpy as np
 import pandas as pd
 
 from medtraverse.core.errors import InputError, bad_input
-from medtraverse.core.params import load_params
+from medtraverse.core.params import load_params, parse_params, setting
 
 META_COLUMNS = ("seed", "kind", "k", "frame", "t", "path")
 KINDS = ("neutral", "swap", "bezier")
 TRUTH_DETECTORS = ("chexpert", "isic")
-_KNOWN = {
-    "batch_size",
-    "device",
-    "amp",
-    "truth_detector",
-    "lpips_backbone",
-    "lpips_alexnet_path",
-    "lpips_random_seed",
-    "lpips_batch_size",
-}
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    """The score stage's settings (``datasets.<d>.score``)."""
+
+    batch_size: int = setting(64, min=1, help="images a classifier sees at once")
+    device: str = setting("auto", help='"auto", "cpu", "cuda" or "cuda:<n>"')
+    amp: bool = setting(True, help="mixed precision on CUDA")
+    truth_detector: str | None = setting(
+        None, choices=(None, *TRUTH_DETECTORS), help="the twin's pixel detectors (ground truth)"
+    )
+    lpips_backbone: str | None = setting(
+        None, choices=(None, "alex", "alexnet", "random"), help="LPIPS here (null: in aggregate)"
+    )
+    lpips_alexnet_path: str | None = setting(None, help="AlexNet weights (torch hub cache)")
+    lpips_random_seed: int = setting(0, min=0, help="seed of the random LPIPS trunk")
+    lpips_batch_size: int = setting(32, min=1, help="image pairs per LPIPS call")
+
+    def lpips(self) -> dict[str, Any]:
+        """The LPIPS settings as the backbones module reads them (unset ones left out)."""
+        return {k: v for k, v in asdict(self).items() if k.startswith("lpips") and v is not None}
 
 
 def read_shard_meta(shard: Path) -> pd.DataFrame:
@@ -187,27 +200,18 @@ def score_shard(
     from medtraverse.evaluation.classify import load_classifier, load_image
 
     shard, out = Path(shard), Path(out)
-    for key in params:
-        if key not in _KNOWN:
-            raise bad_input(f"params.{key}", "unknown key", f"one of {', '.join(sorted(_KNOWN))}")
-    batch_size = params.get("batch_size", 64)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise bad_input("params.batch_size", f"got {batch_size!r}", "an integer >= 1")
-    detector_name = params.get("truth_detector")
-    if detector_name is not None and detector_name not in TRUTH_DETECTORS:
-        raise bad_input(
-            "params.truth_detector", f"got {detector_name!r}", "null, 'chexpert' or 'isic'"
-        )
+    spec = parse_params(ScoreParams, params)
+    batch_size, detector_name = spec.batch_size, spec.truth_detector
     if not classifiers:
         raise InputError("--classifier: none given; expected at least one classifier folder")
-    if params.get("lpips_backbone") is not None:
+    if spec.lpips_backbone is not None:
         from medtraverse.evaluation.backbones import check_backbones
 
-        check_backbones({k: v for k, v in params.items() if k.startswith("lpips")})
+        check_backbones(spec.lpips())
     detector = _load_detector(detector_name) if detector_name else None
     meta = read_shard_meta(shard)
-    device = resolve_device(str(params.get("device", "auto")))
-    amp = bool(params.get("amp", True))
+    device = resolve_device(spec.device)
+    amp = spec.amp
     models = [load_classifier(c, device=device, amp=amp) for c in classifiers]
     seen: dict[str, Path] = {}
     for folder, model in zip(classifiers, models, strict=True):
@@ -247,8 +251,8 @@ def score_shard(
         table[f"p_{attr}"] = values
     for factor, values in sorted(truths.items()):
         table[f"truth_{factor}"] = values
-    if params.get("lpips_backbone") is not None:
-        table["lpips"], table["lpips_backbone"] = lpips_column(meta, params, device)
+    if spec.lpips_backbone is not None:
+        table["lpips"], table["lpips_backbone"] = lpips_column(meta, spec.lpips(), device)
     write_parquet(table, out, stage="score")
     provenance.record(
         out,
