@@ -52,11 +52,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
 from medtraverse.core.errors import bad_input
-from medtraverse.core.params import load_params
+from medtraverse.core.params import load_params, parse_params, setting
 from medtraverse.core.tables import cell, to_markdown, write_tables
 from medtraverse.traversal.shards import find_shards
 
@@ -145,94 +146,53 @@ REFERENCE_CLASSIFIERS: dict[str, dict[str, dict[str, float]]] = {
     },
 }
 
-_DEFAULTS: dict[str, Any] = {
-    "attributes": None,
-    "label": None,
-    "trajectories": {},
-    "swap_steps": [5, 10, 15],
-    "bezier_frames": list(range(30, 50)),
-    "threshold": 0.5,
-    "truth_threshold": 0.5,
-    "n_boot": 1000,
-    "seed": 0,
-    "lpips_backbone": "alex",
-    "lpips_alexnet_path": None,
-    "lpips_random_seed": 0,
-    "lpips_batch_size": 32,
-    "lpips_swap_steps": None,
-    "lpips_frames": None,
-    "inception_weights": None,
-    "fid_swap_step": 5,
-    "fid_n_boot": 100,
-    "fid_batch_size": 32,
-    "tsne_max_seeds": 100,
-    "tsne_perplexity": 30.0,
-    "tsne_pca": 50,
-    "reference": False,
-    "figures": True,
-    "figure_seeds": 4,
-    "strip_frames": 10,
-    "device": "auto",
-    "dataset": None,
-}
-_TYPES: dict[str, Any] = {
-    "attributes": "strlist",
-    "label": str,
-    "trajectories": dict,
-    "swap_steps": "intlist",
-    "bezier_frames": "intlist",
-    "threshold": float,
-    "truth_threshold": float,
-    "n_boot": int,
-    "seed": int,
-    "lpips_backbone": str,
-    "lpips_alexnet_path": str,
-    "lpips_random_seed": int,
-    "lpips_batch_size": int,
-    "lpips_swap_steps": "intlist",
-    "lpips_frames": "intlist",
-    "inception_weights": str,
-    "fid_swap_step": int,
-    "fid_n_boot": int,
-    "fid_batch_size": int,
-    "tsne_max_seeds": int,
-    "tsne_perplexity": float,
-    "tsne_pca": int,
-    "reference": bool,
-    "figures": bool,
-    "figure_seeds": int,
-    "strip_frames": int,
-    "device": str,
-    "dataset": str,
-}
+
+@dataclass
+class MetricsParams:
+    """The aggregate stage's settings (``datasets.<d>.metrics``, plus the rule's ``seed``,
+    ``dataset`` and ``trajectories``)."""
+
+    attributes: list[str] | None = setting(None, help="attributes scored (all classifiers')")
+    label: str | None = setting(None, help="the run's name in the tables")
+    trajectories: dict[str, Any] = setting(
+        default_factory=dict, help="trajectory -> target attribute (filled by the workflow)"
+    )
+    swap_steps: list[int] = setting(
+        default_factory=lambda: [5, 10, 15], min=0, help="swap steps of the CFRT table"
+    )
+    bezier_frames: list[int] = setting(
+        default_factory=lambda: list(range(30, 50)), min=0, help="Bezier frames of CFRT Bezier"
+    )
+    threshold: float = setting(0.5, min=0, max=1, help="classifier probability of a positive")
+    truth_threshold: float = setting(0.5, min=0, max=1, help="detector score of a positive")
+    n_boot: int = setting(1000, min=1, help="bootstrap resamples of the 95% intervals")
+    seed: int = setting(0, min=0, help="global seed")
+    lpips_backbone: str | None = setting(
+        "alex", choices=(None, "alex", "alexnet", "random"), help="LPIPS trunk"
+    )
+    lpips_alexnet_path: str | None = setting(None, help="AlexNet weights (torch hub cache)")
+    lpips_random_seed: int = setting(0, min=0, help="seed of the random LPIPS trunk")
+    lpips_batch_size: int = setting(32, min=1, help="image pairs per LPIPS call")
+    lpips_swap_steps: list[int] | None = setting(None, min=0, help="swap steps with LPIPS")
+    lpips_frames: list[int] | None = setting(None, min=0, help="Bezier frames with LPIPS")
+    inception_weights: str | None = setting(None, help="Inception weights for FID (else none)")
+    fid_swap_step: int = setting(5, min=0, help="the swap step FID compares with real images")
+    fid_n_boot: int = setting(100, min=1, help="bootstrap resamples of FID")
+    fid_batch_size: int = setting(32, min=1, help="images per Inception call")
+    tsne_max_seeds: int = setting(100, min=1, help="seeds in the t-SNE plot")
+    tsne_perplexity: float = setting(30.0, above=0, help="t-SNE perplexity")
+    tsne_pca: int = setting(50, min=1, help="PCA dimensions before t-SNE")
+    reference: bool = setting(False, help="print the paper's numbers beside ours")
+    figures: bool = setting(True, help="draw the figures")
+    figure_seeds: int = setting(4, min=1, help="seeds in the figures")
+    strip_frames: int = setting(10, min=1, help="frames of a Bezier strip")
+    device: str = setting("auto", help='"auto", "cpu", "cuda" or "cuda:<n>"')
+    dataset: str | None = setting(None, help="chexpert or isic (filled by the workflow)")
 
 
 def check_params(raw: dict[str, Any]) -> dict[str, Any]:
-    """Defaults filled in and every key's type checked (one-line errors naming the key)."""
-    out = dict(_DEFAULTS)
-    for key, value in raw.items():
-        if key not in _TYPES:
-            raise bad_input(f"params.{key}", "unknown key", f"one of {', '.join(_TYPES)}")
-        kind = _TYPES[key]
-        if value is None:
-            out[key] = None
-            continue
-        if kind in ("strlist", "intlist"):
-            elem = str if kind == "strlist" else int
-            if not isinstance(value, list) or not all(
-                isinstance(v, elem) and not isinstance(v, bool) for v in value
-            ):
-                raise bad_input(f"params.{key}", f"got {value!r}", f"a list of {elem.__name__}")
-        elif kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise bad_input(f"params.{key}", f"got {value!r}", "a number")
-            value = float(value)
-        elif kind is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise bad_input(f"params.{key}", f"got {value!r}", "an integer")
-        elif not isinstance(value, kind):
-            raise bad_input(f"params.{key}", f"got {value!r}", kind.__name__)
-        out[key] = value
+    """Defaults filled in and every key checked (one-line errors naming the key), as a dict."""
+    out = asdict(parse_params(MetricsParams, raw))
     if out["trajectories"] is None:
         out["trajectories"] = {}
     for name, target in out["trajectories"].items():
