@@ -49,10 +49,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
