@@ -63,6 +63,7 @@ from medtraverse.traversal.shards import find_shards
 
 # The authors' numbers. "code": METHOD.md section 7 (the authors' code outputs; LPIPS for CheXpert
 # only); "poster": the MIDL 2025 poster (two decimals). They differ for some ISIC ink/ruler cells.
+from medtraverse.report.figures import FiguresParams, render_all
 REFERENCE: dict[str, dict[str, dict[str, dict[str, float]]]] = {
     "chexpert": {
         "support_devices": {
@@ -184,8 +185,8 @@ class MetricsParams:
     tsne_pca: int = setting(50, min=1, help="PCA dimensions before t-SNE")
     reference: bool = setting(False, help="print the paper's numbers beside ours")
     figures: bool = setting(True, help="draw the figures")
-    figure_seeds: int = setting(4, min=1, help="seeds in the figures")
-    strip_frames: int = setting(10, min=1, help="frames of a Bezier strip")
+    figure_seeds: int = setting(FiguresParams.figure_seeds, min=1, help="seeds in the figures")
+    strip_frames: int = setting(FiguresParams.strip_frames, min=1, help="frames of a Bezier strip")
     device: str = setting("auto", help='"auto", "cpu", "cuda" or "cuda:<n>"')
     dataset: str | None = setting(None, help="chexpert or isic (filled by the workflow)")
 
@@ -882,10 +883,9 @@ def aggregate(
         )
         result["tsne"].to_csv(tmp / "tsne.csv", index=False)
         if p["figures"]:
-            from medtraverse.report.figures import render_all
-
             shard_map = {t: s for (_, t), s in shards.items()}
-            render_all(tmp, shard_map, tmp / "figures", p)
+            figure_params = FiguresParams(p["figure_seeds"], p["strip_frames"])
+            render_all(tmp, shard_map, tmp / "figures", figure_params)
     provenance.record(
         out,
         stage="aggregate",

@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from medtraverse.core.errors import bad_input
-from medtraverse.core.params import load_params
+from medtraverse.core.params import load_params, parse_params, setting
 
 
 def _plt() -> Any:
@@ -269,13 +270,24 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def render_all(
-    metrics_dir: Path, shard_map: dict[str, list[Path]], out_dir: Path, params: dict[str, Any]
+@dataclass(frozen=True)
+class FiguresParams:
+    """The figures' settings (keys of the ``metrics`` section)."""
+
+    figure_seeds: int = setting(4, min=1, help="seeds in the figures")
+    strip_frames: int = setting(10, min=1, help="frames of a Bezier strip")
+
+
+    metrics_dir: Path,
+    shard_map: dict[str, list[Path]],
+    out_dir: Path,
+    params: FiguresParams | dict[str, Any],
 ) -> list[Path]:
     """Every figure that the available tables and shards allow; returns the files written."""
     metrics_dir, out_dir = Path(metrics_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_seeds = int(params.get("figure_seeds", 4))
-    n_frames = int(params.get("strip_frames", 10))
+    spec = params if isinstance(params, FiguresParams) else parse_params(FiguresParams, params)
+    n_seeds, n_frames = spec.figure_seeds, spec.strip_frames
     written = []
     for traj, shards in sorted(shard_map.items()):
         png = out_dir / f"grid_{traj}.png"
@@ -325,9 +337,10 @@ def main(args: argparse.Namespace) -> None:
         raise bad_input(args.metrics, "not a folder", "a folder written by 'medtraverse aggregate'")
     params = load_params(args.params)
     shards = find_shards(list(args.traversals))
+    spec = parse_params(FiguresParams, params)
     shard_map = {t: s for (_, t), s in shards.items()}
     with atomic_path(args.out, stage="figures") as tmp:
-        render_all(args.metrics, shard_map, tmp, params)
+        render_all(args.metrics, shard_map, tmp, spec)
     provenance.record(
         args.out, stage="figures", params=params, inputs=[args.metrics, *args.traversals]
     )
