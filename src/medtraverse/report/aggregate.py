@@ -59,11 +59,11 @@ import pandas as pd
 from medtraverse.core.errors import bad_input
 from medtraverse.core.params import load_params, parse_params, setting
 from medtraverse.core.tables import cell, to_markdown, write_tables
+from medtraverse.report.figures import FiguresParams, render_all
 from medtraverse.traversal.shards import find_shards
 
 # The authors' numbers. "code": METHOD.md section 7 (the authors' code outputs; LPIPS for CheXpert
 # only); "poster": the MIDL 2025 poster (two decimals). They differ for some ISIC ink/ruler cells.
-from medtraverse.report.figures import FiguresParams, render_all
 REFERENCE: dict[str, dict[str, dict[str, dict[str, float]]]] = {
     "chexpert": {
         "support_devices": {

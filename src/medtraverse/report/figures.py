@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -269,7 +269,6 @@ def _read_csv(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def render_all(
 @dataclass(frozen=True)
 class FiguresParams:
     """The figures' settings (keys of the ``metrics`` section)."""
@@ -278,6 +277,7 @@ class FiguresParams:
     strip_frames: int = setting(10, min=1, help="frames of a Bezier strip")
 
 
+def render_all(
     metrics_dir: Path,
     shard_map: dict[str, list[Path]],
     out_dir: Path,
@@ -285,8 +285,8 @@ class FiguresParams:
 ) -> list[Path]:
     """Every figure that the available tables and shards allow; returns the files written."""
     metrics_dir, out_dir = Path(metrics_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     spec = params if isinstance(params, FiguresParams) else parse_params(FiguresParams, params)
+    out_dir.mkdir(parents=True, exist_ok=True)
     n_seeds, n_frames = spec.figure_seeds, spec.strip_frames
     written = []
     for traj, shards in sorted(shard_map.items()):
@@ -336,8 +336,8 @@ def main(args: argparse.Namespace) -> None:
     if not args.metrics.is_dir():
         raise bad_input(args.metrics, "not a folder", "a folder written by 'medtraverse aggregate'")
     params = load_params(args.params)
-    shards = find_shards(list(args.traversals))
     spec = parse_params(FiguresParams, params)
+    shards = find_shards(list(args.traversals))
     shard_map = {t: s for (_, t), s in shards.items()}
     with atomic_path(args.out, stage="figures") as tmp:
         render_all(args.metrics, shard_map, tmp, spec)
