@@ -1,12 +1,14 @@
-"""Shared test setup: offline, single-threaded, deterministic."""
+"""Shared test setup: offline, single-threaded, deterministic; the one tiny-pipeline fixture."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Forced, not defaulted: a shell with HF_HUB_OFFLINE=0 must not let a test download anything.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -54,3 +56,12 @@ def _torch_threads() -> None:
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD pipeline folder (built offline, seed 0), once per test session: every test
+    file that needs a model uses this one instead of building its own."""
+    from medtraverse.models.pipeline import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-model") / "tiny", seed=0)

@@ -155,3 +155,47 @@ def write_artifacts(
         lines.append((f"{i}{sep}" if index else "") + sep.join(cells))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+PREP_PROMPTS = (
+    "Normal chest X-ray with no significant findings",
+    "Chest X-ray showing Support Devices",
+    "Chest X-ray showing Pleural Effusion",
+)
+
+
+def write_prep(root: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
+    """A prepared CheXpert-like folder (``manifest.parquet`` + PNGs, the prepare stage's
+    contract): a bright body on dark, plus a 'device' bar (support_devices) or an 'effusion' band
+    (pleural_effusion) in turn; the last two images are validation. For fine-tuning, the encoder
+    cache and classifiers."""
+    import pandas as pd
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    labels = [name.lower().replace(" ", "_") for name in CHEXPERT_LABELS]
+    rows = []
+    for i in range(n):
+        kind = i % 3
+        img = np.full((size, size, 3), 40, np.uint8)
+        img[size // 8 : size - size // 8, size // 5 : size - size // 5] = 120 + rng.integers(30)
+        if kind == 1:
+            img[size // 4 : size // 4 + 4, size // 5 : size // 2] = 250
+        if kind == 2:
+            img[size - size // 3 : size - size // 8, size // 5 : size - size // 5] = 200
+        rel = f"images/img{i:03d}.png"
+        Image.fromarray(img).save(root / rel)
+        row: dict[str, Any] = {
+            "image_id": f"img{i:03d}",
+            "path": rel,
+            "source_path": f"raw/patient{i:05d}/view1_frontal.jpg",
+            "split": "train" if i < n - 4 else "val" if i < n - 2 else "test",
+            "prompt": PREP_PROMPTS[kind],
+            "patient_id": f"patient{i:05d}",
+        }
+        row.update(dict.fromkeys(labels, 0))
+        row.update(support_devices=int(kind == 1), pleural_effusion=int(kind == 2))
+        rows.append(row)
+    pd.DataFrame(rows).to_parquet(root / "manifest.parquet", index=False)
+    return root

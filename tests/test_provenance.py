@@ -7,6 +7,7 @@ from pathlib import Path
 
 from medtraverse import cli
 from medtraverse.core import provenance
+from tests.oneline import assert_one_line_error, run_cli
 
 
 def test_record_and_chain_follow_inputs_through_recorded_folders(tmp_path: Path) -> None:
@@ -39,6 +40,5 @@ def test_cli_prints_the_chain_and_rejects_a_missing_artifact(tmp_path: Path, cap
     assert cli.main(["provenance", "--json", str(out)]) == 0
     records = json.loads(capsys.readouterr().out)
     assert [r["stage"] for r in records] == ["aggregate", "raw input"]
-    assert cli.main(["provenance", str(tmp_path / "nothing")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "nothing" in err[0]
+    proc = run_cli("provenance", str(tmp_path / "nothing"))
+    assert_one_line_error(proc, "nothing", untouched=[tmp_path / "nothing"])

@@ -22,11 +22,15 @@ import submitit
 from medtraverse import cli
 from medtraverse.core import provenance
 from medtraverse.hpc.submit import StageJob, make_executor, wait
+from tests.oneline import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = os.environ.get("MEDTRAVERSE_SLURM_ACCOUNT", "ci")
 PARTITION = os.environ.get("MEDTRAVERSE_SLURM_PARTITION", "debug")
 START_HINT = "start it with `sudo scripts/slurm-start.sh`"
+# Every wait polls up to this limit: generous, because a loaded 2-core CI machine is slow, not
+# broken; a cluster that is really broken still fails the test instead of hanging CI.
+LIMIT = float(os.environ.get("MEDTRAVERSE_SLURM_WAIT_S", "900"))
 
 
 def _artifact(folder: Path) -> Path:
@@ -78,10 +82,12 @@ def test_submit_help_lists_the_flags(capsys) -> None:
     ],
 )
 def test_submit_bad_input_is_one_line(argv: list[str], message: str, tmp_path, capsys) -> None:
-    assert cli.main([*argv[:1], "--folder", str(tmp_path / "%j"), *argv[1:]]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("medtraverse submit: error:") and message in err
-    assert "\n" not in err
+    full = [*argv[:1], "--folder", str(tmp_path / "%j"), *argv[1:]]
+    rc = cli.main(full)
+    out = capsys.readouterr()
+    proc = subprocess.CompletedProcess(full, rc, out.out, out.err)
+    line = assert_one_line_error(proc, message)
+    assert line.startswith("medtraverse submit: error:")
     assert not any(tmp_path.iterdir())  # nothing submitted
 
 
@@ -118,12 +124,12 @@ def _run(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProces
 
 def _sacct(job_id: str) -> list[tuple[str, str, str]]:
     """(state, account, job name) of every run of a job, requeued runs included."""
-    res = _run(["sacct", "-j", job_id, "-X", "-D", "-n", "-P", "-o", "State,Account,JobName"], 15)
+    res = _run(["sacct", "-j", job_id, "-X", "-D", "-n", "-P", "-o", "State,Account,JobName"], 120)
     assert res.returncode == 0, res.stderr
     return [tuple(line.split("|")) for line in res.stdout.splitlines() if line]  # type: ignore[misc]
 
 
-def _wait_accounted(job_id: str, expected: list[tuple[str, ...]], timeout: float = 30.0) -> None:
+def _wait_accounted(job_id: str, expected: list[tuple[str, ...]], timeout: float = LIMIT) -> None:
     """Wait until sacct's rows of a job, cut to the length of each expected row, match.
 
     Accounting lags the job: right after it ends, sacct may still say RUNNING, or show a
@@ -144,7 +150,7 @@ def _wait_accounted(job_id: str, expected: list[tuple[str, ...]], timeout: float
 def test_sbatch_job_completes_and_is_accounted(cluster, tmp_path: Path) -> None:
     out = tmp_path / "job.out"
     cmd = ["sbatch", "--parsable", "--wait", "-A", ACCOUNT, "-p", PARTITION, "-t", "1"]
-    res = _run([*cmd, "-o", str(out), "--wrap", "echo hello from $SLURM_JOB_ID"], 60)
+    res = _run([*cmd, "-o", str(out), "--wrap", "echo hello from $SLURM_JOB_ID"], LIMIT)
     assert res.returncode == 0, res.stderr
     job_id = res.stdout.strip().split(";")[0]
     assert out.read_text().strip() == f"hello from {job_id}"
@@ -156,9 +162,10 @@ def test_medtraverse_submit_runs_a_stage_as_a_slurm_job(cluster, tmp_path: Path)
     out = tmp_path / "twin"
     cmd = [sys.executable, "-m", "medtraverse", "submit", "--partition", PARTITION]
     cmd += ["--account", ACCOUNT, "--time", "5", "--mem", "2000", "--gpus", "0"]
-    cmd += ["--folder", str(tmp_path / "logs" / "%j"), "--wait", "--wait-timeout", "90", "--"]
+    cmd += ["--folder", str(tmp_path / "logs" / "%j"), "--wait"]
+    cmd += ["--wait-timeout", str(int(LIMIT)), "--"]
     cmd += ["synth", "--dataset", "chexpert", "--out", str(out), "--n", "4", "--size", "32"]
-    res = _run(cmd, 120)
+    res = _run(cmd, LIMIT + 60)
     assert res.returncode == 0, res.stdout + res.stderr
     job_id = re.search(r"submitted job (\d+) \(slurm\)", res.stdout).group(1)  # type: ignore[union-attr]
     assert f"job {job_id} completed" in res.stdout
@@ -174,8 +181,9 @@ def test_medtraverse_submit_runs_a_stage_as_a_slurm_job(cluster, tmp_path: Path)
 def test_medtraverse_submit_reports_a_failed_job(cluster, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "medtraverse", "submit", "--partition", PARTITION]
     cmd += ["--account", ACCOUNT, "--time", "5", "--mem", "500"]
-    cmd += ["--folder", str(tmp_path / "logs" / "%j"), "--wait", "--wait-timeout", "60", "--"]
-    res = _run([*cmd, "provenance", str(tmp_path / "missing.txt")], 90)
+    cmd += ["--folder", str(tmp_path / "logs" / "%j"), "--wait"]
+    cmd += ["--wait-timeout", str(int(LIMIT)), "--"]
+    res = _run([*cmd, "provenance", str(tmp_path / "missing.txt")], LIMIT + 60)
     assert res.returncode == 1
     job_id = re.search(r"submitted job (\d+)", res.stdout).group(1)  # type: ignore[union-attr]
     assert f"job {job_id} failed" in res.stderr and f"{job_id}_0_log.err" in res.stderr
@@ -220,9 +228,9 @@ def test_multi_task_job_gets_torch_distributed_env(
         mem_mb=500,
     )
     job = executor.submit(ranks)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + LIMIT
     while not job.done():
-        assert time.monotonic() < deadline, f"job {job.job_id} did not finish in 60 s"
+        assert time.monotonic() < deadline, f"job {job.job_id} did not finish in {LIMIT} s"
         time.sleep(0.5)
     envs = job.results()
     assert sorted(env["RANK"] for env in envs) == ["0", "1"]
@@ -276,14 +284,14 @@ def test_checkpointable_job_is_requeued_and_completes(
         mem_mb=500,
     )
     job = executor.submit(SlowFirstAttempt(["provenance", str(artifact)], str(marker)))
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + LIMIT
     while not marker.exists():
-        assert time.monotonic() < deadline, f"job {job.job_id} did not start in 30 s"
+        assert time.monotonic() < deadline, f"job {job.job_id} did not start in {LIMIT} s"
         time.sleep(0.2)
     # USR2 only: submitit's checkpoint-and-requeue signal. (_interrupt() without timeout=True
     # also sends SIGTERM, which can reach the job after USR2 and kill its `scontrol requeue`.)
     job._interrupt(timeout=True)
-    assert wait(job, timeout_s=90) == 0  # requeued runs wait AuthInfo=cred_expire (15 s)
+    assert wait(job, timeout_s=LIMIT) == 0  # requeued runs wait AuthInfo=cred_expire (15 s)
     _wait_accounted(job.job_id, [("REQUEUED",), ("COMPLETED", ACCOUNT, "medtraverse-requeue")])
     log = Path(job.paths.stdout).read_text()
     assert "[test]" in log  # the stage's output, from the requeued run
@@ -311,7 +319,7 @@ rule make_b:
 def test_snakemake_slurm_ci_profile_runs_jobs_on_the_cluster(cluster, tmp_path: Path) -> None:
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
     cmd = [sys.executable, "-m", "snakemake", "--profile", str(REPO / "profiles" / "slurm-ci")]
-    res = _run([*cmd, "--directory", str(tmp_path), "-s", str(tmp_path / "Snakefile")], 180)
+    res = _run([*cmd, "--directory", str(tmp_path), "-s", str(tmp_path / "Snakefile")], LIMIT)
     output = res.stdout + res.stderr
     assert res.returncode == 0, output
     assert (tmp_path / "b.txt").read_text() == "a\nb\n"

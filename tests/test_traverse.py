@@ -33,10 +33,8 @@ FAST = {"steps": 10, "swap_steps": [2, 4, 6, 8]}
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medtraverse.models.pipeline import build_tiny_pipeline
-
-    return build_tiny_pipeline(tmp_path_factory.mktemp("model") / "tiny", seed=0)
+def model_dir(tiny_model: Path) -> Path:
+    return tiny_model  # conftest's one tiny pipeline
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.oneline import assert_one_line_error
 from tests.workflow_utils import ROOT, dry_run, snakemake
 
 CONFIGS = {
@@ -53,6 +54,11 @@ def test_lint_is_clean(tmp_path: Path) -> None:
     assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout[-4000:]
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="Snakemake prints its own lines around the config error and exits 1; the Snakefile's "
+    "config check is being made one line with exit 2 (in progress)",
+)
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -67,17 +73,24 @@ def test_bad_config_is_one_clear_line(override: str, key: str, tmp_path: Path) -
     proc = snakemake(
         "-n", "--configfile", str(CONFIGS["smoke"]), "--config", override, workdir=tmp_path
     )
-    assert proc.returncode != 0
-    assert key in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    assert_one_line_error(proc, key, untouched=[tmp_path / "results", tmp_path / ".snakemake"])
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="Snakemake prints its own lines around the config error and exits 1; the Snakefile's "
+    "config check is being made one line with exit 2 (in progress)",
+)
 def test_wrong_type_deep_in_the_config_names_the_key(tmp_path: Path) -> None:
     config = yaml.safe_load(CONFIGS["smoke"].read_text())
     config["datasets"]["chexpert"]["traverse"]["seeds"]["count"] = "many"
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = snakemake("-n", "--configfile", str(path), workdir=tmp_path)
-    assert proc.returncode != 0
-    assert "config key datasets.chexpert.traverse.seeds.count: 'many' is not of type" in (
-        proc.stdout + proc.stderr
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = snakemake("-n", "--configfile", str(path), workdir=work)
+    assert_one_line_error(
+        proc,
+        "config key datasets.chexpert.traverse.seeds.count: 'many' is not of type",
+        untouched=[work / "results"],
     )
