@@ -294,3 +294,26 @@ def test_real_tables_prepare_keeps_every_mel_nv_image_with_a_file(tmp_path: Path
     assert _lesions_cross(manifest, lesion_of) == 0
     assert summary["group_by"] == "lesions"
     assert "lesions per split" in (tmp_path / "prep" / "summary.txt").read_text()
+
+
+# --- the workflow: when the pseudo-label stage runs ------------------------------------------
+
+
+def test_workflow_plans_annotation_for_bissoto_tables_only(twin: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from tests.workflow_utils import ROOT, dry_run
+
+    demo_isic = dry_run(ROOT / "config/demo-isic.yaml", tmp_path / "demo-isic")
+    assert demo_isic["annotate_artifacts"] == 1 and demo_isic["prepare_dataset"] == 1
+    assert "annotate_artifacts" not in dry_run(ROOT / "config/demo.yaml", tmp_path / "demo")
+    # the paper config with the authors' merged table: read as is, no annotation
+    paper = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    paper["datasets"]["isic"]["source"].update(root=str(twin), artifacts=str(twin / MERGED_FILE))
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(yaml.safe_dump(paper))
+    assert "annotate_artifacts" not in dry_run(merged, tmp_path / "merged")
+    paper["datasets"]["isic"]["source"]["artifacts"] = str(twin / "isic_bias.csv")
+    bissoto = tmp_path / "bissoto.yaml"
+    bissoto.write_text(yaml.safe_dump(paper))
+    assert dry_run(bissoto, tmp_path / "bissoto")["annotate_artifacts"] == 1
