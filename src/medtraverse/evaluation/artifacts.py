@@ -230,6 +230,11 @@ def _summary(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from medtraverse.core.params import describe
+
+    parser.epilog = "params keys: " + "; ".join(
+        f"{row['name']} ({row['default']!r}): {row['help']}" for row in describe(AnnotateParams)
+    )
     parser.add_argument("--root", required=True, type=Path, help="the folder that holds ISIC")
     parser.add_argument(
         "--annotations",
