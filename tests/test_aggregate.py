@@ -101,6 +101,24 @@ def write_trajectory(root: Path, dataset: str, trajectory: str, truth: bool) -> 
         scores.to_parquet(out, index=False)
 
 
+def score_files(root: Path, *trajectories: str) -> list[Path]:
+    """The score parquets of the trajectories (all when none is named): stages take files."""
+    return [
+        f
+        for t in trajectories or ATTRS
+        for f in sorted((root / "scores" / "chexpert" / t).glob("shard-*.parquet"))
+    ]
+
+
+def shard_dirs(root: Path, *trajectories: str) -> list[Path]:
+    """The traversal shard folders of the trajectories (all when none is named)."""
+    return [
+        d
+        for t in trajectories or ATTRS
+        for d in sorted((root / "traversals" / "chexpert" / t).glob("shard-*"))
+    ]
+
+
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("run")
@@ -139,11 +157,11 @@ def aggregated(fake_run: Path) -> Path:
         [
             "aggregate",
             "--scores",
-            str(fake_run / "scores" / "chexpert"),
+            *map(str, score_files(fake_run)),
             "--out",
             str(out),
             "--traversals",
-            str(fake_run / "traversals" / "chexpert"),
+            *map(str, shard_dirs(fake_run)),
             "--classifiers",
             str(fake_run / "classifiers" / "chexpert" / "support_devices"),
             "--params",
@@ -245,7 +263,7 @@ def test_figures_cli_rerenders(aggregated: Path, fake_run: Path, tmp_path: Path)
             "--out",
             str(out),
             "--traversals",
-            str(fake_run / "traversals" / "chexpert" / "support_devices"),
+            *map(str, shard_dirs(fake_run, "support_devices")),
         ]
     )
     assert rc == 0
@@ -261,10 +279,10 @@ def test_missing_attribute_column_is_one_line_and_writes_nothing(
     out = tmp_path / "m"
     params = {**PARAMS, "attributes": [*ATTRS, "cardiomegaly"], "figures": False}
     with pytest.raises(InputError, match="no column 'p_cardiomegaly'"):
-        aggregate([fake_run / "scores" / "chexpert" / "support_devices"], out, params)
+        aggregate(score_files(fake_run, "support_devices"), out, params)
     assert not out.exists()
     with pytest.raises(InputError, match="params.n_boot"):
-        aggregate([fake_run / "scores"], out, {"n_boot": "many"})
+        aggregate(score_files(fake_run), out, {"n_boot": "many"})
 
 
 def test_unknown_trajectory_target_and_explicit_mapping(fake_run: Path, tmp_path: Path) -> None:
@@ -278,7 +296,7 @@ def test_unknown_trajectory_target_and_explicit_mapping(fake_run: Path, tmp_path
         resolve_target("nv_dots", ["hair", "ink"], {})
     # one trajectory alone, no shard folders: CFRT only, LPIPS/cosine left empty
     result = aggregate(
-        [fake_run / "scores" / "chexpert" / "pleural_effusion"],
+        score_files(fake_run, "pleural_effusion"),
         tmp_path / "one",
         {**PARAMS, "figures": False},
     )
@@ -337,10 +355,10 @@ def test_fid_with_inception_weights(style: str, fake_run: Path, tmp_path: Path) 
         "lpips_backbone": "random",
     }
     result = aggregate(
-        [fake_run / "scores" / "chexpert" / "support_devices"],
+        score_files(fake_run, "support_devices"),
         tmp_path / "m",
         params,
-        traversals=[fake_run / "traversals" / "chexpert" / "support_devices"],
+        traversals=shard_dirs(fake_run, "support_devices"),
         manifest=prep / "manifest.parquet",
     )
     fid = result["fid"].set_index("images")

@@ -73,9 +73,7 @@ rule aggregate_metrics:
         "../../envs/medtraverse.yaml"
     params:
         metrics=metrics_params,
-        traversals=f"{RESULTS}/traversals/{{dataset}}",
-        scores=f"{RESULTS}/scores/{{dataset}}",
     shell:
-        "medtraverse aggregate --traversals {params.traversals:q} --scores {params.scores:q}"
+        "medtraverse aggregate --traversals {input.shards:q} --scores {input.scores:q}"
         " --classifiers {input.classifiers:q} --manifest {input.data:q}/manifest.parquet"
         " --out {output:q} --params {params.metrics:q} > {log:q} 2>&1"

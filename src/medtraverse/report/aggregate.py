@@ -1,11 +1,14 @@
 """Metrics per trajectory over all shards, with 95% bootstrap intervals over seeds, as tables.
 
-``medtraverse aggregate --scores PATH [PATH ...] --out DIR --params JSON
-[--traversals PATH [PATH ...]] [--classifiers DIR [DIR ...]] [--manifest PARQUET]``
+``medtraverse aggregate --scores FILE [FILE ...] --out DIR --params JSON
+[--traversals SHARD [SHARD ...]] [--classifiers DIR [DIR ...]] [--manifest PARQUET]``
 
-- ``--scores``: score parquets (``medtraverse score``) or folders searched for ``*.parquet``
-  (one trajectory's folder, a dataset's, or several).
-- ``--traversals``: traversal shard folders, or folders searched for ``*/meta.parquet``; needed
+- ``--scores``: the score parquets (``medtraverse score``) to read, each named; ``@LIST`` stands
+  for the paths a text file lists (one a line); the option may be repeated. Folders are not
+  searched, so a file the workflow no longer asks for is never read (by hand:
+  ``--scores results/demo/scores/chexpert/*/shard-*.parquet``). Every file of a dataset must
+  carry the same ``p_*`` columns (and those the params name).
+- ``--traversals``: the traversal shard folders (likewise named, ``@LIST`` or repeated); needed
   for LPIPS (unless the scores carry an ``lpips`` column), cosine, t-SNE and the image figures.
 - ``--classifiers``: classifier folders (their ``metrics.csv``) for the classifier table.
 - ``--manifest``: the real data's manifest, for FID against its test split.
@@ -57,10 +60,11 @@ import numpy as np
 import pandas as pd
 
 from medtraverse.core.errors import bad_input
+from medtraverse.core.inputs import exact_files
 from medtraverse.core.params import load_params, parse_params, setting
 from medtraverse.core.tables import cell, to_markdown, write_tables
 from medtraverse.report.figures import FiguresParams, render_all
-from medtraverse.traversal.shards import find_shards
+from medtraverse.traversal.shards import group_shards
 
 # The authors' numbers. "code": METHOD.md section 7 (the authors' code outputs; LPIPS for CheXpert
 # only); "poster": the MIDL 2025 poster (two decimals). They differ for some ISIC ink/ruler cells.
@@ -226,24 +230,50 @@ def fmt_ci(value: float, lo: float, hi: float, digits: int = 3) -> str:
 # inputs
 
 
-def find_score_files(paths: list[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        if path.is_file():
-            files.append(path)
-        elif path.is_dir():
-            files += sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
-        else:
-            raise bad_input(path, "not found", "a score parquet or a folder of them")
+def score_files(paths: list[str | Path]) -> list[Path]:
+    """Exactly the score parquets given (``@LIST`` expanded): no folder search, none twice."""
+    files = exact_files(paths, "--scores", ".parquet", "score parquet ('medtraverse score')")
     if not files:
-        raise bad_input(
-            ", ".join(map(str, paths)), "no score parquet found", "files from 'medtraverse score'"
-        )
+        raise bad_input("--scores", "no score parquet given", "files from 'medtraverse score'")
     return files
 
 
-def read_scores(files: list[Path], dataset: str | None = None) -> pd.DataFrame:
-    """All score parquets as one table with ``dataset``, ``trajectory`` and ``shard`` filled."""
+def check_score_columns(
+    files: list[Path],
+    parts: list[pd.DataFrame],
+    attributes: set[str] = frozenset(),
+    targets: dict[str, str] | None = None,
+) -> None:
+    """Every score file carries every ``p_*`` column its dataset's other files carry, those of
+    ``attributes`` and its trajectory's target (``targets``); a file without one would count
+    its seeds as misses and give a wrong CFRT, so it is an error naming that file."""
+    union: dict[str, set[str]] = {}
+    for df in parts:
+        ds = str(df["dataset"].iloc[0]) if len(df) else ""
+        union.setdefault(ds, set()).update(c for c in df.columns if c.startswith("p_"))
+    for path, df in zip(files, parts, strict=True):
+        ds = str(df["dataset"].iloc[0]) if len(df) else ""
+        traj = str(df["trajectory"].iloc[0]) if len(df) else ""
+        target = (targets or {}).get(traj)
+        named = {f"p_{a}" for a in attributes | ({target} if target else set())}
+        missing = sorted((union[ds] | named) - set(df.columns))
+        if missing:
+            why = (
+                "a classifier for every attribute in params.attributes"
+                if missing[0] in named
+                else f"the same classifier columns as the other score files of {ds} (rescore it)"
+            )
+            raise bad_input(path, f"no column {missing[0]!r}", why)
+
+
+def read_scores(
+    files: list[Path],
+    dataset: str | None = None,
+    attributes: set[str] = frozenset(),
+    targets: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """All score parquets as one table with ``dataset``, ``trajectory`` and ``shard`` filled;
+    see ``check_score_columns`` for the ``p_*`` columns every file must carry."""
     parts = []
     for path in files:
         try:
@@ -266,6 +296,7 @@ def read_scores(files: list[Path], dataset: str | None = None) -> pd.DataFrame:
         if "shard" not in df.columns:
             df["shard"] = path.stem
         parts.append(df)
+    check_score_columns(files, parts, attributes, targets)
     scores = pd.concat(parts, ignore_index=True)
     scores["seed"] = scores["seed"].astype(int)
     scores["k"] = scores["k"].astype(int)
@@ -744,9 +775,10 @@ def aggregate(
 
     p = check_params(params)
     out = Path(out)
-    score_files = find_score_files([Path(s) for s in score_paths])
-    scores = read_scores(score_files, p["dataset"])
-    shards = find_shards([Path(t) for t in traversals or []])
+    files = score_files(score_paths)
+    shards = group_shards(traversals or [])
+    named = set(p["attributes"] or []) | ({p["label"]} if p["label"] else set())
+    scores = read_scores(files, p["dataset"], named, p["trajectories"])
     needs_lpips = bool(shards) and not ("lpips" in scores.columns and scores["lpips"].notna().all())
     for shard in (s for group in shards.values() for s in group):  # known before the work
         check_safetensors(shard / "latents.safetensors", LATENTS_WHAT)
@@ -821,7 +853,7 @@ def aggregate(
     }
     if result["cfrt"].empty:
         raise bad_input(
-            ", ".join(map(str, score_paths)),
+            ", ".join(map(str, files)),
             "no CFRT could be computed",
             "swap or bezier rows in the scores",
         )
@@ -891,7 +923,7 @@ def aggregate(
         stage="aggregate",
         params=params,
         inputs=[
-            *score_files,
+            *files,
             *(s for v in shards.values() for s in v),
             *(classifiers or []),
             *([manifest] if manifest else []),
@@ -999,18 +1031,18 @@ def summary_table(cfrt: pd.DataFrame, lpips: pd.DataFrame, reference: bool) -> p
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scores",
-        type=Path,
         nargs="+",
+        action="extend",
         required=True,
-        help="score parquets or folders holding them",
+        help="score parquets, each named (or @LIST: a file naming one a line); repeatable",
     )
     parser.add_argument("--out", type=Path, required=True, help="metrics output folder")
     parser.add_argument(
         "--traversals",
-        type=Path,
         nargs="*",
+        action="extend",
         default=[],
-        help="traversal shard folders or folders holding them (LPIPS, cosine, t-SNE, figures)",
+        help="traversal shard folders, each named (or @LIST); LPIPS, cosine, t-SNE, figures",
     )
     parser.add_argument(
         "--classifiers", type=Path, nargs="*", default=[], help="classifier folders"

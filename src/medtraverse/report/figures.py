@@ -1,9 +1,10 @@
 """Figures (matplotlib Agg, PNG): traversal grids, Bezier strips, probability and cosine curves,
 LPIPS per step, t-SNE.
 
-``medtraverse figures --metrics DIR --out DIR [--traversals PATH ...] [--params JSON]``
+``medtraverse figures --metrics DIR --out DIR [--traversals SHARD ...] [--params JSON]``
 re-renders from an aggregate folder (``probability.csv``, ``cosine.csv``, ``lpips_per_step.csv``,
-``tsne.csv``) and the shard folders; ``medtraverse aggregate`` calls ``render_all`` itself and
+``tsne.csv``) and exactly the shard folders named (or listed in an ``@LIST`` file; folders are
+not searched); ``medtraverse aggregate`` calls ``render_all`` itself and
 puts the files in ``<metrics>/figures/``:
 
 - ``grid_<trajectory>.png``: rows are seeds; columns the neutral image, then the swaps from late
@@ -315,10 +316,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder for the PNGs")
     parser.add_argument(
         "--traversals",
-        type=Path,
         nargs="*",
+        action="extend",
         default=[],
-        help="shard folders or folders holding them",
+        help="traversal shard folders, each named (or @LIST: a file naming one a line)",
     )
     parser.add_argument(
         "--params",
@@ -330,17 +331,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     from medtraverse.core import provenance
     from medtraverse.core.io import atomic_path, check_output
-    from medtraverse.traversal.shards import find_shards
+    from medtraverse.traversal.shards import group_shards
 
     check_output(args.out, "figures", "folder")  # before any work; never replaces user data
     if not args.metrics.is_dir():
         raise bad_input(args.metrics, "not a folder", "a folder written by 'medtraverse aggregate'")
     params = load_params(args.params)
     spec = parse_params(FiguresParams, params)
-    shards = find_shards(list(args.traversals))
+    shards = group_shards(args.traversals)
     shard_map = {t: s for (_, t), s in shards.items()}
     with atomic_path(args.out, stage="figures") as tmp:
         render_all(args.metrics, shard_map, tmp, spec)
     provenance.record(
-        args.out, stage="figures", params=params, inputs=[args.metrics, *args.traversals]
+        args.out,
+        stage="figures",
+        params=params,
+        inputs=[args.metrics, *(s for v in shards.values() for s in v)],
     )

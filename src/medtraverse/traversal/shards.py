@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
 from medtraverse.core.errors import bad_input
+from medtraverse.core.inputs import expand_path_args, no_duplicates
 
 
-def find_shards(paths: list[Path]) -> dict[tuple[str, str], list[Path]]:
-    """Shard folders keyed by (dataset, trajectory) read from their meta.parquet."""
-    folders: list[Path] = []
-    for path in paths:
-        if (path / "meta.parquet").is_file():
-            folders.append(path)
-        elif path.is_dir():
-            folders += sorted(
-                p.parent for p in path.rglob("meta.parquet") if ".tmp" not in p.as_posix()
+def shard_folders(paths: Iterable[str | Path], option: str = "--traversals") -> list[Path]:
+    """Exactly the shard folders given (``@FILE`` lists expanded); never searches a folder, so
+    a shard the config no longer asks for is not read just because it is still on disk."""
+    folders = expand_path_args(paths, option)
+    for path in folders:
+        if not path.exists():
+            raise bad_input(f"{option} {path}", "not found", "a traversal shard folder")
+        if not (path / "meta.parquet").is_file():
+            raise bad_input(
+                f"{option} {path}",
+                "not a traversal shard folder (no meta.parquet; folders are not searched)",
+                "shard folders written by 'medtraverse traverse', each named",
             )
-        else:
-            raise bad_input(path, "not found", "a traversal shard folder or a folder of them")
+    no_duplicates(folders, option)
+    return folders
+
+
+def group_shards(
+    paths: Iterable[str | Path], option: str = "--traversals"
+) -> dict[tuple[str, str], list[Path]]:
+    """The given shard folders keyed by (dataset, trajectory) read from their meta.parquet."""
     out: dict[tuple[str, str], list[Path]] = {}
-    for folder in folders:
+    for folder in shard_folders(paths, option):
         meta = pd.read_parquet(folder / "meta.parquet", columns=None)
         traj = (
             str(meta["trajectory"].iloc[0])
