@@ -20,9 +20,12 @@ def env() -> dict[str, str]:
     return out
 
 
-def snakemake(*args: str, workdir: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run snakemake on the project's Snakefile with ``workdir`` as working directory."""
-    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), *args]
+def snakemake(
+    *args: str, workdir: Path, timeout: float = 900, snakefile: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run snakemake on ``snakefile`` (the project's by default) in ``workdir``."""
+    snakefile = snakefile or ROOT / "Snakefile"
+    cmd = [str(BIN / "snakemake"), "-s", str(snakefile), "-d", str(workdir), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=timeout)
 
 
@@ -41,8 +44,22 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
-def dry_run(config: Path, workdir: Path, *extra: str) -> dict[str, int]:
-    """Jobs that would run, by rule; fails the test with snakemake's output on error."""
-    proc = snakemake("-n", "--configfile", str(config), *extra, workdir=workdir, timeout=300)
+NOTHING_TO_DO = "Nothing to be done"
+
+
+def dry_run(
+    config: Path | str, workdir: Path, *extra: str, snakefile: Path | None = None
+) -> dict[str, int]:
+    """Jobs that would run, by rule; fails the test with snakemake's output on error, and when
+    the output holds neither a job table nor Snakemake's "Nothing to be done" (an empty dict
+    then really means nothing to do, not a table the parser missed)."""
+    proc = snakemake(
+        "-n", "--configfile", str(config), *extra, workdir=workdir, timeout=300, snakefile=snakefile
+    )
+    output = proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return job_counts(proc.stdout + proc.stderr)
+    counts = job_counts(output)
+    if counts:
+        return counts
+    assert NOTHING_TO_DO in output and "Job stats:" not in output, output[-3000:]
+    return counts
