@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo demo-isic test test-fast lint format slurm-start slurm-stop report clean
+.PHONY: install demo demo-isic shortcut-demo test test-fast lint format slurm-start slurm-stop report clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +29,11 @@ demo-isic: install
 	snakemake --profile profiles/local --configfile config/demo-isic.yaml
 	snakemake --profile profiles/local --configfile config/demo-isic.yaml --report results/demo-isic/report.html
 	@echo "Report: $(CURDIR)/results/demo-isic/report.html"
+
+## shortcut-demo: the shortcut study on the CheXpert twin (config/shortcut-demo.yaml)
+shortcut-demo: install
+	snakemake --profile profiles/local --configfile config/shortcut-demo.yaml -- shortcut_study
+	@echo "Tables and figure: $(CURDIR)/results/shortcut-demo/shortcut/chexpert/report"
 
 ## test: lint, then the whole test suite, on a local SLURM cluster when this machine can start one
 test: install lint

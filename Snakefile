@@ -32,6 +32,11 @@ include: "workflow/rules/traverse.smk"
 include: "workflow/rules/evaluate.smk"
 
 
+if "shortcut" in config:
+
+    include: "workflow/rules/shortcut.smk"
+
+
 rule all:
     default_target: True
     input:

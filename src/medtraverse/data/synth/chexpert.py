@@ -75,6 +75,11 @@ class ChexpertOptions:
     # Scales the positive rate of labels that are not drawn (Edema, Lung Opacity, ...): the demo
     # lowers it so captions name mostly what the pixels show.
     unrendered_scale: float = 1.0
+    # A confounded pool (the shortcut study): the chance that a study's Pleural Effusion label
+    # copies its Support Devices label (positive with it; a positive effusion is dropped without
+    # it), so both-or-neither studies are commoner than independent draws make them. 0 keeps the
+    # independent draws (and every image) of the default twin.
+    confound: float = 0.0
 
 
 # --- sampling --------------------------------------------------------------------------------
@@ -122,10 +127,12 @@ def sample_labels(
     valid: bool,
     no_finding_prob: float = 1.0,
     unrendered_scale: float = 1.0,
+    confound: float = 0.0,
 ) -> dict[str, float]:
     """The 14 labels of one study; valid studies have only 0/1 (like the real valid set).
 
-    No Finding is 1.0 exactly when no other label is 1.0 (else blank, or 0.0 in valid).
+    No Finding is 1.0 exactly when no other label is 1.0 (else blank, or 0.0 in valid). With
+    ``confound`` > 0 one more draw decides whether Pleural Effusion copies Support Devices.
     """
     out: dict[str, float] = {}
     for name in LABELS[1:]:
@@ -143,6 +150,11 @@ def sample_labels(
             out[name] = -1.0
         else:
             out[name] = math.nan
+    if confound > 0.0 and rng.random() < confound:
+        if out["Support Devices"] == 1.0:
+            out["Pleural Effusion"] = 1.0
+        elif out["Pleural Effusion"] == 1.0:
+            out["Pleural Effusion"] = 0.0 if valid else math.nan
     positive = any(v == 1.0 for v in out.values())
     marked = rng.random() < no_finding_prob
     if positive:
@@ -157,7 +169,7 @@ def sample_study(
 ) -> dict[str, Any]:
     """Labels, pose/exposure jitter and finding geometry of one study (shared by its views)."""
     opts = opts or ChexpertOptions()
-    labels = sample_labels(rng, valid, opts.no_finding_prob, opts.unrendered_scale)
+    labels = sample_labels(rng, valid, opts.no_finding_prob, opts.unrendered_scale, opts.confound)
     study: dict[str, Any] = {
         "labels": labels,
         "ap_pa": "AP" if rng.random() < 0.75 else "PA",
