@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from medtraverse.core.errors import bad_input
 from medtraverse.core.io import atomic_path, check_output, read_safetensors
-from medtraverse.core.params import load_params
+from medtraverse.core.params import load_params, parse_params, setting
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,27 +120,15 @@ def encode_prompts(tokenizer: Any, text_encoder: Any, prompts: list[str]) -> tor
 # ----------------------------------------------------------------------------- the cache
 @dataclass
 class CacheParams:
-    """``cache`` params: ``flip`` (also cache horizontally flipped images; default False),
-    ``batch_size`` (encoder batch; default 16)."""
+    """``cache`` params."""
 
-    flip: bool = False
-    batch_size: int = 16
+    flip: bool = setting(False, help="also cache horizontally flipped images")
+    batch_size: int = setting(16, min=1, help="encoder batch")
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> CacheParams:
-        out = cls()
-        for key, value in params.items():
-            if key == "flip":
-                if not isinstance(value, bool):
-                    raise bad_input("params.flip", f"got {value!r}", "true or false")
-                out.flip = value
-            elif key == "batch_size":
-                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                    raise bad_input("params.batch_size", f"got {value!r}", "a positive integer")
-                out.batch_size = value
-            else:
-                raise bad_input(f"params.{key}", "unknown key", "flip, batch_size")
-        return out
+    def from_dict(cls, params: dict[str, Any], where: str = "params") -> CacheParams:
+        """Typed settings, one-line errors naming the key."""
+        return parse_params(cls, params, where)
 
 
 @dataclass

@@ -52,13 +52,13 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medtraverse.core.errors import bad_input
 from medtraverse.core.io import atomic_path, check_output
-from medtraverse.core.params import load_params
+from medtraverse.core.params import load_params, parse_params, setting
 from medtraverse.core.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -80,6 +80,16 @@ NOT_IN_FINGERPRINT = {
 }
 
 
+LR_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
+
+
 @dataclass
 class FinetuneParams:
     """``finetune`` params; defaults are the paper's (METHOD.md section 3).
@@ -90,90 +100,50 @@ class FinetuneParams:
     in the CPU probe).
     """
 
-    learning_rate: float = 1e-5
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    train_batch_size: int = 8  # per process (GPU)
-    gradient_accumulation_steps: int = 4
-    mixed_precision: str = "fp16"
-    max_grad_norm: float = 1.0
-    num_train_epochs: int = 100
-    max_train_steps: int = 0  # > 0 overrides num_train_epochs
-    prompt_dropout: float = 0.1
-    seed: int = 0
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    flip: bool = False
-    gradient_checkpointing: bool = False
-    sdpa: bool = True
-    use_ema: bool = False
-    ema_decay: float = 0.9999
-    allow_tf32: bool = True
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int = 2
-    validation_steps: int = 0  # 0: no validation grids
-    validation_prompts: list[str] = field(default_factory=list)
-    validation_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
-    validation_inference_steps: int = 25
-    validation_guidance: float = 7.5
+    learning_rate: float = setting(1e-5, above=0, help="AdamW learning rate")
+    adam_beta1: float = setting(0.9, min=0, max=1, help="AdamW beta1")
+    adam_beta2: float = setting(0.999, min=0, max=1, help="AdamW beta2")
+    adam_weight_decay: float = setting(1e-2, min=0, help="AdamW weight decay")
+    adam_epsilon: float = setting(1e-8, above=0, help="AdamW epsilon")
+    train_batch_size: int = setting(8, min=1, help="images a step per process (GPU)")
+    gradient_accumulation_steps: int = setting(4, min=1, help="micro-batches a step")
+    mixed_precision: str = setting("fp16", choices=("no", "fp16", "bf16"), help="autocast")
+    max_grad_norm: float = setting(1.0, min=0, help="gradient clipping")
+    num_train_epochs: int = setting(100, min=0, help="epochs (unless max_train_steps)")
+    max_train_steps: int = setting(0, min=0, help="> 0 overrides num_train_epochs")
+    prompt_dropout: float = setting(0.1, min=0, max=1, help="share of empty captions")
+    seed: int = setting(0, min=0, help="global seed")
+    lr_scheduler: str = setting("constant", choices=LR_SCHEDULERS, help="diffusers scheduler")
+    lr_warmup_steps: int = setting(0, min=0, help="warm-up steps")
+    flip: bool = setting(False, help="flipped cached images too")
+    gradient_checkpointing: bool = setting(False, help="trade compute for memory")
+    sdpa: bool = setting(True, help="scaled dot-product attention")
+    use_ema: bool = setting(False, help="keep an EMA of the U-Net")
+    ema_decay: float = setting(0.9999, min=0, max=1, help="EMA decay")
+    allow_tf32: bool = setting(True, help="TF32 matmuls on Ampere+")
+    checkpointing_steps: int = setting(500, min=1, help="steps between checkpoints")
+    checkpoints_total_limit: int = setting(2, min=0, help="checkpoints kept")
+    validation_steps: int = setting(0, min=0, help="steps between validation grids (0: none)")
+    validation_prompts: list[str] = setting(default_factory=list, help="validation prompts")
+    validation_seeds: list[int] = setting(
+        default_factory=lambda: [0, 1, 2, 3], min=0, help="validation seeds"
+    )
+    validation_inference_steps: int = setting(25, min=1, help="validation DDIM steps")
+    validation_guidance: float = setting(7.5, min=0, help="validation guidance")
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> FinetuneParams:
+    def from_dict(cls, params: dict[str, Any], where: str = "params") -> FinetuneParams:
         """Typed and range-checked, one-line errors naming the key."""
-        out = cls()
-        names = {f.name for f in fields(cls)}
-        for key, value in params.items():
-            if key not in names:
-                raise bad_input(f"params.{key}", "unknown key", f"one of {sorted(names)}")
-            default = getattr(out, key)
-            where = f"params.{key}"
-            if isinstance(default, bool):
-                if not isinstance(value, bool):
-                    raise bad_input(where, f"got {value!r}", "true or false")
-            elif isinstance(default, int):
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise bad_input(where, f"got {value!r}", "a non-negative integer")
-            elif isinstance(default, float):
-                if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                    raise bad_input(where, f"got {value!r}", "a non-negative number")
-                value = float(value)
-            elif isinstance(default, str):
-                if not isinstance(value, str):
-                    raise bad_input(where, f"got {value!r}", "a string")
-            elif key == "validation_prompts":
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise bad_input(where, f"got {value!r}", "a list of strings")
-            elif key == "validation_seeds":
-                if not isinstance(value, list) or not all(
-                    isinstance(v, int) and not isinstance(v, bool) for v in value
-                ):
-                    raise bad_input(where, f"got {value!r}", "a list of integers")
-            setattr(out, key, value)
-        if out.mixed_precision not in {"no", "fp16", "bf16"}:
+        return parse_params(cls, params, where)
+
+    def validate(self, where: str) -> None:
+        """Epochs or steps: one of them must be positive."""
+        if self.num_train_epochs < 1 and self.max_train_steps < 1:
             raise bad_input(
-                "params.mixed_precision", f"got {out.mixed_precision!r}", "no/fp16/bf16"
+                f"{where}.num_train_epochs",
+                "got 0 (and max_train_steps 0)",
+                "a positive integer",
             )
-        if out.lr_scheduler not in {
-            "constant",
-            "constant_with_warmup",
-            "linear",
-            "cosine",
-            "cosine_with_restarts",
-            "polynomial",
-        }:
-            raise bad_input("params.lr_scheduler", f"got {out.lr_scheduler!r}", "a diffusers name")
-        for key in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps"):
-            if getattr(out, key) < 1:
-                raise bad_input(f"params.{key}", "got 0", "a positive integer")
-        if not 0.0 <= out.prompt_dropout <= 1.0:
-            raise bad_input("params.prompt_dropout", f"got {out.prompt_dropout}", "in [0, 1]")
-        if out.num_train_epochs < 1 and out.max_train_steps < 1:
-            raise bad_input(
-                "params.num_train_epochs", "got 0 (and max_train_steps 0)", "a positive integer"
-            )
-        return out
 
     def fingerprint(self) -> dict[str, Any]:
         """The params that change the trained weights (a resume must match them)."""

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from medtraverse.core.errors import bad_input
 from medtraverse.core.io import atomic_path, check_output, check_safetensors, write_json
-from medtraverse.core.params import load_params
+from medtraverse.core.params import load_params, parse_params, setting
 from medtraverse.core.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -56,50 +56,38 @@ SD15_SCHEDULER: dict[str, Any] = {
 class TinyArch:
     """Architecture of the tiny base (the ``build-base`` params other than ``base``/``seed``)."""
 
-    resolution: int = 32
-    text_hidden_size: int = 32
-    text_layers: int = 2
-    text_heads: int = 4
-    text_intermediate_size: int = 37
-    unet_block_out_channels: tuple[int, ...] = (32, 64)
-    unet_layers_per_block: int = 2
-    unet_attention_head_dim: int = 8
-    vae_block_out_channels: tuple[int, ...] = (16, 32, 32)
-    vae_layers_per_block: int = 1
-    vae_norm_num_groups: int = 8
-    extra_prompts: list[str] = field(default_factory=list)
+    resolution: int = setting(32, min=1, help="px of the images")
+    text_hidden_size: int = setting(32, min=1, help="text encoder width")
+    text_layers: int = setting(2, min=1, help="text encoder layers")
+    text_heads: int = setting(4, min=1, help="text encoder heads (divide the width)")
+    text_intermediate_size: int = setting(37, min=1, help="text encoder MLP width")
+    unet_block_out_channels: tuple[int, ...] = setting((32, 64), min=1, help="U-Net widths")
+    unet_layers_per_block: int = setting(2, min=1, help="U-Net layers per block")
+    unet_attention_head_dim: int = setting(8, min=1, help="U-Net attention head size")
+    vae_block_out_channels: tuple[int, ...] = setting((16, 32, 32), min=1, help="VAE widths")
+    vae_layers_per_block: int = setting(1, min=1, help="VAE layers per block")
+    vae_norm_num_groups: int = setting(8, min=1, help="VAE group norm groups")
+    extra_prompts: list[str] = setting(default_factory=list, help="more words for the tokenizer")
 
     @classmethod
     def from_dict(cls, arch: dict[str, Any], where: str = "params") -> TinyArch:
         """Typed and checked, with one-line errors naming the key."""
-        known = {f.name for f in cls.__dataclass_fields__.values()}
-        unknown = sorted(set(arch) - known)
-        if unknown:
-            raise bad_input(f"{where}.{unknown[0]}", "unknown key", f"one of {sorted(known)}")
-        out = cls()
-        for key, value in arch.items():
-            default = getattr(out, key)
-            if isinstance(default, tuple):
-                ok = isinstance(value, list | tuple) and value and all(_is_int(v) for v in value)
-                if not ok:
-                    raise bad_input(f"{where}.{key}", f"got {value!r}", "a list of integers")
-                value = tuple(int(v) for v in value)
-            elif isinstance(default, list):
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise bad_input(f"{where}.{key}", f"got {value!r}", "a list of strings")
-            elif not _is_int(value) or value <= 0:
-                raise bad_input(f"{where}.{key}", f"got {value!r}", "a positive integer")
-            setattr(out, key, value)
-        scale = 2 ** (len(out.vae_block_out_channels) - 1)
-        if out.resolution % (scale * 2 ** (len(out.unet_block_out_channels) - 1)):
+        return parse_params(cls, arch, where)
+
+    def validate(self, where: str) -> None:
+        """Widths given, resolution divisible by the downsampling, heads dividing the width."""
+        for key in ("unet_block_out_channels", "vae_block_out_channels"):
+            if not getattr(self, key):
+                raise bad_input(f"{where}.{key}", "got an empty list", "a list of integers")
+        scale = 2 ** (len(self.vae_block_out_channels) - 1)
+        if self.resolution % (scale * 2 ** (len(self.unet_block_out_channels) - 1)):
             raise bad_input(
                 f"{where}.resolution",
-                f"got {out.resolution}",
+                f"got {self.resolution}",
                 "a multiple of the VAE and U-Net downsampling factors",
             )
-        if out.text_hidden_size % out.text_heads:
-            raise bad_input(f"{where}.text_heads", f"got {out.text_heads}", "a divisor of hidden")
-        return out
+        if self.text_hidden_size % self.text_heads:
+            raise bad_input(f"{where}.text_heads", f"got {self.text_heads}", "a divisor of hidden")
 
 
 def _is_int(value: Any) -> bool:

@@ -9,13 +9,13 @@ so a row shows what the prompt alone changes. Sampler: DDIM, 50 steps, eta 0, gu
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medtraverse.core.errors import bad_input
 from medtraverse.core.io import atomic_path, check_output
-from medtraverse.core.params import load_params
+from medtraverse.core.params import load_params, parse_params, setting
 
 if TYPE_CHECKING:
     import torch
@@ -32,43 +32,32 @@ DEFAULT_PROMPTS = [
 class SampleParams:
     """``sample-grid`` params with their defaults."""
 
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    seeds: list[int] = field(default_factory=lambda: list(range(8)))
-    steps: int = 50
-    guidance: float = 7.5
-    eta: float = 0.0
-    cell: int = 96
-    labels: bool = True
+    prompts: list[str] = setting(
+        default_factory=lambda: list(DEFAULT_PROMPTS), help="rows: neutral prompt first"
+    )
+    seeds: list[int] | int = setting(
+        default_factory=lambda: list(range(8)), min=0, help="columns: seeds, or a count"
+    )
+    steps: int = setting(50, min=1, help="DDIM steps")
+    guidance: float = setting(7.5, min=0, help="classifier-free guidance scale")
+    eta: float = setting(0.0, min=0, help="DDIM eta")
+    cell: int = setting(96, min=1, help="px of a grid cell")
+    labels: bool = setting(True, help="write the prompts beside the rows")
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> SampleParams:
-        out = cls()
-        for key, value in params.items():
-            if key not in out.__dataclass_fields__:
-                raise bad_input(f"params.{key}", "unknown key", f"one of {sorted(vars(out))}")
-            if key == "prompts":
-                ok = isinstance(value, list) and value and all(isinstance(v, str) for v in value)
-                expected = "a non-empty list of strings"
-            elif key == "seeds":
-                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                    value = list(range(value))
-                ok = isinstance(value, list) and value and all(_is_int(v) for v in value)
-                expected = "a list of integers or a count"
-            elif key == "labels":
-                ok, expected = isinstance(value, bool), "true or false"
-            elif key in ("steps", "cell"):
-                ok, expected = _is_int(value) and value > 0, "a positive integer"
-            else:
-                ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-                expected = "a non-negative number"
-            if not ok:
-                raise bad_input(f"params.{key}", f"got {value!r}", expected)
-            setattr(out, key, value)
+    def from_dict(cls, params: dict[str, Any], where: str = "params") -> SampleParams:
+        """Typed settings; a seed count becomes the seeds 0..count-1."""
+        out = parse_params(cls, params, where)
+        if isinstance(out.seeds, int):
+            out.seeds = list(range(out.seeds))
         return out
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    def validate(self, where: str) -> None:
+        """At least one prompt and one seed."""
+        if not self.prompts:
+            raise bad_input(f"{where}.prompts", "got an empty list", "at least one prompt")
+        if self.seeds in (0, []):
+            raise bad_input(f"{where}.seeds", f"got {self.seeds!r}", "a count >= 1 or seeds")
 
 
 def initial_latents(pipe: Any, seed: int) -> torch.Tensor:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medtraverse.core.errors import bad_input
 from medtraverse.core.io import atomic_path, check_output
-from medtraverse.core.params import load_params
+from medtraverse.core.params import load_params, parse_params, setting
 from medtraverse.core.seeding import derive_seed
 from medtraverse.models.cache import add_prep_arguments
 
@@ -31,38 +31,22 @@ from medtraverse.models.cache import add_prep_arguments
 class VaeParams:
     """``train-vae`` params with their defaults (``lr`` is accepted for ``learning_rate``)."""
 
-    steps: int = 2000
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    kl_weight: float = 1e-6
-    flip: bool = False
-    seed: int = 0
+    steps: int = setting(2000, min=0, help="training steps")
+    learning_rate: float = setting(1e-3, above=0, help="AdamW learning rate")
+    batch_size: int = setting(32, min=1, help="images a step")
+    kl_weight: float = setting(1e-6, min=0, help="weight of the KL term")
+    flip: bool = setting(False, help="random horizontal flips")
+    seed: int = setting(0, min=0, help="global seed")
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> VaeParams:
-        out = cls()
+    def from_dict(cls, params: dict[str, Any], where: str = "params") -> VaeParams:
+        """Typed settings, one-line errors naming the key."""
         params = dict(params)
         if "lr" in params:  # short alias
             if "learning_rate" in params:
-                raise bad_input("params.lr", "given with learning_rate", "only one of them")
+                raise bad_input(f"{where}.lr", "given with learning_rate", "only one of them")
             params["learning_rate"] = params.pop("lr")
-        for key, value in params.items():
-            if key not in out.__dataclass_fields__:
-                raise bad_input(f"params.{key}", "unknown key", f"one of {sorted(asdict(out))}")
-            default = getattr(out, key)
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-            else:
-                ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-            if not ok:
-                kind = type(default).__name__
-                raise bad_input(f"params.{key}", f"got {value!r}", f"a non-negative {kind}")
-            setattr(out, key, type(default)(value))
-        if out.batch_size < 1:
-            raise bad_input("params.batch_size", "got 0", "a positive integer")
-        return out
+        return parse_params(cls, params, where)
 
 
 def train_vae(base: str | Path, prep: str | Path, out: str | Path, params: dict[str, Any]) -> Path:
