@@ -6,7 +6,7 @@ Run the demo with `make demo`; the paper with `snakemake --profile profiles/slur
 
 from snakemake.utils import min_version, validate
 
-from medtraverse.config import check_config
+from medtraverse.config import check_or_exit
 
 min_version("9.0")
 
@@ -16,9 +16,9 @@ if not config:  # --configfile replaces the embedded demo; it must not be merged
     configfile: "config/demo.yaml"
 
 
-check_config(
-    config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
-)  # one line
+# one line naming the key and exit status 2 before any job: the schema, every stage's settings,
+# trajectory targets and metrics attributes the classifiers predict, real data present
+check_or_exit(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 validate(config, "workflow/schemas/config.schema.yaml")  # fills in the defaults
 
 

@@ -1,14 +1,61 @@
-"""Workflow config checks that end in one line naming the key, before Snakemake's own validation."""
+"""The workflow config, checked when the Snakefile loads: every stage's section against its
+settings dataclass, then across sections (targets the classifiers predict, real data present).
+A problem is one line naming the key and exit status 2, before any job starts."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from medtraverse.core.errors import InputError
+from medtraverse.core.errors import InputError, bad_input
+from medtraverse.core.formats import CHEXPERT_LABELS, ISIC_ARTIFACTS, ISIC_CLASSES, snake
+from medtraverse.core.params import parse_params, setting
+
+# Config section (dotted, inside ``datasets.<name>``) -> its stage's settings, as
+# "module:attribute". The attribute is a dataclass (checked with `parse_params`) or a function
+# ``check(raw, where, dataset)`` for a section whose settings differ per dataset. A new stage
+# adds one line here; imported only when the section is checked (the Snakefile stays quick).
+STAGE_SETTINGS: dict[str, str] = {
+    "source": "medtraverse.data.synth:check_source",
+    "prepare": "medtraverse.data.prepare:check_params",
+    "model.tiny": "medtraverse.models.pipeline:TinyArch",
+    "model.vae": "medtraverse.models.vae:VaeParams",
+    "cache": "medtraverse.models.cache:CacheParams",
+    "finetune": "medtraverse.models.finetune:FinetuneParams",
+    "samples": "medtraverse.models.samples:SampleParams",
+    "traverse.params": "medtraverse.traversal.engine:TraverseParams",
+    "classifiers.params": "medtraverse.evaluation.classify:ClassifierParams",
+    "score": "medtraverse.evaluation.score:ScoreParams",
+    "metrics": "medtraverse.report.aggregate:MetricsParams",
+}
+
+# Keys of a stage section that the workflow reads itself (not passed to the stage).
+WORKFLOW_KEYS: dict[str, tuple[str, ...]] = {"finetune": ("gpus",)}
+
+
+@dataclass(frozen=True)
+class Threads:
+    """CPU threads of each heavy rule (``threads:``): its ``--threads`` and torch's threads.
+    Two for the demo's critical path (VAE, cache, fine-tuning, traversal), one elsewhere, so two
+    jobs share a 2-core laptop; a cluster profile raises them (``cpus_per_task`` follows)."""
+
+    synth: int = setting(1, min=1, help="writing the synthetic twin")
+    prepare: int = setting(2, min=1, help="resizing images (thread pool)")
+    train_vae: int = setting(2, min=1, help="tiny VAE training (demo)")
+    cache: int = setting(2, min=1, help="encoding images and prompts")
+    finetune: int = setting(2, min=1, help="U-Net fine-tuning (per process)")
+    traverse: int = setting(2, min=1, help="one traversal shard")
+    train_classifier: int = setting(1, min=1, help="one classifier")
+    score: int = setting(1, min=1, help="scoring one shard")
+    aggregate: int = setting(1, min=1, help="metrics, LPIPS, FID, t-SNE")
 
 
 def _key(path: Any) -> str:
@@ -16,7 +63,7 @@ def _key(path: Any) -> str:
     return ".".join(parts) if parts else "(top level)"
 
 
-def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
+def _schema_check(config: dict[str, Any], schema_path: str | Path) -> None:
     """Raise one InputError line for the most relevant schema violation of ``config``."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
@@ -33,3 +80,164 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
     elif expected:
         message += f" ({expected})"
     raise InputError(message)
+
+
+def _resolve(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _get(section: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = section
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def stage_params(config: Mapping[str, Any], dataset: str, section: str) -> dict[str, Any]:
+    """The settings the rule passes to the stage: the section less the workflow's own keys,
+    with the values the workflow adds (the global seed; classifiers: the preset; metrics: the
+    dataset and trajectory targets)."""
+    ds = config["datasets"][dataset]
+    raw = dict(_get(ds, section) or {})
+    for key in WORKFLOW_KEYS.get(section, ()):
+        raw.pop(key, None)
+    seed = config.get("seed", 0)
+    if section in ("prepare", "model.vae", "finetune", "classifiers.params", "metrics"):
+        raw = {"seed": seed, **raw}
+    if section == "classifiers.params":
+        raw = {"preset": dataset, **raw}
+    if section == "metrics":
+        raw.update(seed=seed, dataset=dataset)
+        raw["trajectories"] = {
+            name: traj["target"] for name, traj in ds["traverse"]["trajectories"].items()
+        }
+    return raw
+
+
+def check_stage_sections(config: Mapping[str, Any]) -> None:
+    """Every registered section of every dataset checked by its stage's settings."""
+    for dataset, ds in config["datasets"].items():
+        for section, target in STAGE_SETTINGS.items():
+            if _get(ds, section) is None:
+                continue
+            where = f"datasets.{dataset}.{section}"
+            checker = _resolve(target)
+            raw = stage_params(config, dataset, section)
+            if hasattr(checker, "from_dict"):  # the stage's own entry (aliases, normalising)
+                checker.from_dict(raw, where)
+            elif dataclasses.is_dataclass(checker):
+                parse_params(checker, raw, where)  # type: ignore[arg-type]
+            else:
+                checker(raw, where, dataset)
+
+
+def known_attributes(dataset: str) -> set[str]:
+    """Manifest columns a classifier of ``dataset`` may predict (core/formats.py)."""
+    if dataset == "chexpert":
+        return {snake(n) for n in CHEXPERT_LABELS}
+    return {snake(n) for n in (*ISIC_CLASSES, *ISIC_ARTIFACTS)}
+
+
+def check_attributes(config: Mapping[str, Any]) -> None:
+    """Classifier attributes are known labels; trajectory targets and metrics attributes are
+    attributes some classifier predicts."""
+    for dataset, ds in config["datasets"].items():
+        where = f"datasets.{dataset}"
+        known = known_attributes(dataset)
+        predicted: set[str] = set()
+        for name, attrs in (ds.get("classifiers", {}).get("models") or {}).items():
+            for i, attr in enumerate(attrs):
+                if attr not in known:
+                    raise bad_input(
+                        f"{where}.classifiers.models.{name}[{i}]",
+                        f"unknown attribute {attr!r}",
+                        f"one of {', '.join(sorted(known))}",
+                    )
+            predicted.update(attrs)
+        offered = ", ".join(sorted(predicted)) or "(no classifiers.models)"
+        for name, traj in ds["traverse"]["trajectories"].items():
+            if traj["target"] not in predicted:
+                raise bad_input(
+                    f"{where}.traverse.trajectories.{name}.target",
+                    f"got {traj['target']!r}, which no classifier predicts",
+                    f"an attribute of classifiers.models: {offered}",
+                )
+        for i, attr in enumerate((ds.get("metrics") or {}).get("attributes") or []):
+            if attr not in predicted:
+                raise bad_input(
+                    f"{where}.metrics.attributes[{i}]",
+                    f"got {attr!r}, which no classifier predicts",
+                    f"an attribute of classifiers.models: {offered}",
+                )
+
+
+def real_tables(dataset: str, ds: Mapping[str, Any]) -> list[Path]:
+    """The tables prepare reads from a real source (after `check_stage_sections`)."""
+    src, prep = ds["source"], ds.get("prepare") or {}
+    root = Path(src["root"])
+    if dataset == "isic":
+        tables = [root / prep.get("ground_truth", "ISIC_2019_Training_GroundTruth.csv")]
+        if src.get("artifacts"):
+            tables.append(Path(src["artifacts"]))
+        return tables
+    folder = root / prep.get("dataset_dir", "CheXpert-v1.0-small")
+    return [folder / name for name in prep.get("csvs", ("train.csv", "valid.csv"))]
+
+
+def check_sources(config: Mapping[str, Any], dry_run: bool = False) -> list[str]:
+    """A real source names its root, and the tables prepare reads are there. In a dry run
+    (planning away from the data) a missing table is a note, returned, not an error."""
+    notes = []
+    for dataset, ds in config["datasets"].items():
+        src, where = ds["source"], f"datasets.{dataset}.source"
+        if src["kind"] != "real":
+            continue
+        if not src.get("root"):
+            raise bad_input(f"{where}.root", "missing for kind real", "the dataset's folder")
+        for table in real_tables(dataset, ds):
+            if not table.is_file():
+                error = bad_input(f"{where}.root", f"{table} not found", "the dataset's tables")
+                if not dry_run:
+                    raise error
+                notes.append(f"{error} (dry run: planned anyway)")
+    return notes
+
+
+def threads(config: Mapping[str, Any]) -> Threads:
+    """The config's ``threads`` section with its defaults."""
+    return parse_params(Threads, config.get("threads"), "threads")
+
+
+def check_config(config: dict[str, Any], schema_path: str | Path) -> list[str]:
+    """Raise one InputError line for the first problem of ``config``: its schema, every stage
+    section, then across sections. A real source's missing tables are returned as notes (a dry
+    run plans away from the data); `check_real_data` makes them errors when jobs start."""
+    _schema_check(config, schema_path)
+    threads(config)
+    check_stage_sections(config)
+    check_attributes(config)
+    return check_sources(config, dry_run=True)
+
+
+def _exit_on_error(check: Any, *args: Any) -> Any:
+    try:
+        return check(*args)
+    except InputError as err:
+        print(f"medtraverse config: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def check_or_exit(config: dict[str, Any], schema_path: str | Path) -> None:
+    """For the Snakefile: a bad config prints one line and exits with status 2 (Snakemake
+    would wrap an exception in a block with its stack and exit 1)."""
+    for note in _exit_on_error(check_config, config, schema_path):
+        print(f"medtraverse config: note: {note}", file=sys.stderr, flush=True)
+
+
+def check_real_data(config: dict[str, Any]) -> None:
+    """For ``onstart`` (not run by a dry run): a real source's missing table is one line and
+    exit status 2 before the first job."""
+    _exit_on_error(check_sources, config, False)

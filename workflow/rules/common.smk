@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 from medtraverse.cli import STAGES
+from medtraverse.config import check_real_data
 from medtraverse.core.imports import module_closure
 
 RESULTS = f"{config['results']}/{config['run']}"

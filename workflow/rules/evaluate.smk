@@ -2,6 +2,7 @@
 
 
 onstart:
+    check_real_data(config)  # a real source's tables, when jobs (not a dry run) start
     check_backbones_early()
 
 

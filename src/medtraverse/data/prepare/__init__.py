@@ -102,6 +102,20 @@ def split_groups(
     return out
 
 
+def check_params(params: dict[str, Any], where: str, dataset: str) -> None:
+    """The workflow's ``prepare`` section of ``dataset``, checked as `prepare_chexpert` /
+    `prepare_isic` would, before any job runs."""
+    if dataset == "chexpert":
+        from medtraverse.data.prepare.chexpert import KEYS
+        from medtraverse.data.prepare.chexpert import ChexpertParams as specific
+    else:
+        from medtraverse.data.prepare.isic import KEYS  # type: ignore[assignment]
+        from medtraverse.data.prepare.isic import IsicParams as specific
+    check_keys(params, COMMON_KEYS | KEYS, where)
+    CommonParams.from_params(params, where)
+    specific.from_params(params, where)
+
+
 def prepare_chexpert(
     root: str | Path, out: str | Path, params: dict[str, Any] | None = None, workers: int = 0
 ) -> dict[str, Any]:

@@ -89,6 +89,17 @@ def make_options(dataset: str, options: dict[str, Any], where: str = "params") -
     return opts
 
 
+def check_source(source: dict[str, Any], where: str, dataset: str) -> None:
+    """The workflow's ``source`` section of a twin (``n``, ``size``, ``seed``, ``options``),
+    checked as `synthesize` would, before any job runs."""
+    if source.get("kind") != "synthetic":
+        return
+    _check_int(f"{where}.n", source.get("n", DEFAULTS["n"]), 1, 10_000_000)
+    _check_int(f"{where}.size", source.get("size", DEFAULTS["size"]), MIN_SIZE, MAX_SIZE)
+    _check_int(f"{where}.seed", source.get("seed", DEFAULTS["seed"]), 0, 2**63 - 1)
+    make_options(dataset, source.get("options") or {}, f"{where}.options")
+
+
 def synthesize(dataset: str, out: str | Path, n: int, size: int, seed: int, **options: Any) -> Path:
     """Write the ``dataset`` twin (``n`` images of ``size`` px, seeded by ``seed``) to ``out``.
 
@@ -164,4 +175,12 @@ def main(args: argparse.Namespace) -> None:
     )
 
 
-__all__ = ["DATASETS", "InputError", "add_arguments", "main", "make_options", "synthesize"]
+__all__ = [
+    "DATASETS",
+    "InputError",
+    "add_arguments",
+    "check_source",
+    "main",
+    "make_options",
+    "synthesize",
+]
