@@ -54,11 +54,6 @@ def test_lint_is_clean(tmp_path: Path) -> None:
     assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout[-4000:]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Snakemake prints its own lines around the config error and exits 1; the Snakefile's "
-    "config check is being made one line with exit 2 (in progress)",
-)
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -76,11 +71,6 @@ def test_bad_config_is_one_clear_line(override: str, key: str, tmp_path: Path) -
     assert_one_line_error(proc, key, untouched=[tmp_path / "results", tmp_path / ".snakemake"])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Snakemake prints its own lines around the config error and exits 1; the Snakefile's "
-    "config check is being made one line with exit 2 (in progress)",
-)
 def test_wrong_type_deep_in_the_config_names_the_key(tmp_path: Path) -> None:
     config = yaml.safe_load(CONFIGS["smoke"].read_text())
     config["datasets"]["chexpert"]["traverse"]["seeds"]["count"] = "many"
