@@ -146,9 +146,26 @@ def cfrt_hits(shift: pd.DataFrame, target: str, others: Sequence[str]) -> pd.Ser
     return pd.Series(hit & np.isfinite(a), index=shift.index, name="hit")
 
 
+def cfrt_hits_composed(
+    shift: pd.DataFrame, targets: Sequence[str], others: Sequence[str]
+) -> pd.Series:
+    """Per seed, a composed target (several attributes edited together): every target's shift
+    strictly above every other column's; with no other column, every target's shift > 0.
+    One target is :func:`cfrt_hits`."""
+    a = shift[list(targets)].to_numpy(dtype=float)
+    low = a.min(axis=1)
+    if len(others) == 0:
+        hit = low > 0
+    else:
+        rest = shift[list(others)].to_numpy(dtype=float)
+        with np.errstate(invalid="ignore"):
+            hit = low > rest.max(axis=1)
+    return pd.Series(hit & np.isfinite(a).all(axis=1), index=shift.index, name="hit")
+
+
 def cfrt_per_seed(
     scores: pd.DataFrame,
-    target: str,
+    target: str | Sequence[str],
     attributes: Sequence[str],
     *,
     label: str | None = None,
@@ -161,27 +178,73 @@ def cfrt_per_seed(
 
     ``attributes`` are the competing attribute names (the target among them or not); the columns
     read are ``prefix + name``. ``label`` names the class-label column (without prefix) for the
-    strict variant's ``y(x) = y(x'_A)`` clause; None skips that clause.
+    strict variant's ``y(x) = y(x'_A)`` clause; None skips that clause. ``target`` may list
+    several attributes (a composed trajectory): see :func:`cfrt_hits_composed`; then
+    ``shift_target`` is the smallest target shift.
     """
+    targets = [target] if isinstance(target, str) else list(target)
     cols = [prefix + a for a in attributes]
-    tcol = prefix + target
-    if tcol not in cols:
-        cols = [tcol, *cols]
+    tcols = [prefix + t for t in targets]
+    cols = [c for c in tcols if c not in cols] + cols
+    tcol = tcols[0]
     missing = [c for c in cols + ([prefix + label] if label else []) if c not in scores.columns]
     if missing:
         raise MetricInputError(f"no column {missing[0]!r} in the scores")
-    others = [c for c in cols if c != tcol]
+    others = [c for c in cols if c not in tcols]
     shift = shifts(scores, cols, version, steps)
-    authors = cfrt_hits(shift, tcol, others)
+    authors = cfrt_hits_composed(shift, tcols, others)
     stable_cols = others + ([prefix + label] if label else [])
     stable = calls_unchanged(scores, stable_cols, version, steps, threshold)
     strict = authors & stable.reindex(authors.index).fillna(False).astype(bool)
     out = pd.DataFrame(
         {"seed": shift.index, "authors": authors.to_numpy(), "strict": strict.to_numpy()}
     )
-    out["shift_target"] = shift[tcol].to_numpy()
+    out["shift_target"] = (
+        shift[tcols].min(axis=1).to_numpy() if len(tcols) > 1 else shift[tcol].to_numpy()
+    )
     out["shift_max_other"] = shift[others].max(axis=1).to_numpy() if others else np.nan
     return out.reset_index(drop=True)
+
+
+def cfrt_by_k(
+    scores: pd.DataFrame,
+    target: str | Sequence[str],
+    attributes: Sequence[str],
+    steps: Sequence[int],
+    *,
+    label: str | None = None,
+    threshold: float = 0.5,
+    prefix: str = "p_",
+    lpips: str = "lpips",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per swap step k, the trade-off that chooses k: CFRT of the swap at k alone (both
+    variants) and LPIPS of x_k to the neutral image (column ``lpips`` of the swap rows, when
+    present), each a mean with a 95% bootstrap interval over seeds. One row per k."""
+    rows = []
+    for k in steps:
+        per = cfrt_per_seed(
+            scores, target, attributes, label=label, steps=[k], threshold=threshold, prefix=prefix
+        )
+        row: dict[str, Any] = {"k": int(k), "n_seeds": len(per)}
+        for variant in VARIANTS:
+            s = summarize(per[variant].astype(float), n_boot=n_boot, seed=seed)
+            row |= {f"cfrt_{variant}": s["value"], f"cfrt_{variant}_ci_low": s["ci_low"]}
+            row[f"cfrt_{variant}_ci_high"] = s["ci_high"]
+        if lpips in scores.columns:
+            swap = scores[(scores["kind"] == "swap") & (scores["k"] == k)]
+            s = summarize(swap[lpips].astype(float), n_boot=n_boot, seed=seed)
+            row |= {"lpips": s["value"], "lpips_ci_low": s["ci_low"], "lpips_ci_high": s["ci_high"]}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def recommend_k(table: pd.DataFrame, level: float = 0.8, variant: str = "authors") -> int | None:
+    """The latest swap (largest k, the smallest edit) whose CFRT lower bound reaches ``level``;
+    None ("none") when no k does. ``table`` is :func:`cfrt_by_k`'s."""
+    ok = table[table[f"cfrt_{variant}_ci_low"] >= level]
+    return int(ok["k"].max()) if len(ok) else None
 
 
 def _default_steps(version: str) -> Sequence[int]:
