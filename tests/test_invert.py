@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from medtraverse.core.errors import InputError
 from medtraverse.core.params import parse_params
 from medtraverse.traversal.invert import (
     Inverter,
@@ -233,3 +234,60 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(model_dir: Path, tmp_path:
     assert_one_line_error(bad, "params.method", "null_text", untouched=[out])
     nocap = run_cli(*args[:-1], '{"steps": 2}')
     assert_one_line_error(nocap, "an image has no prompt", untouched=[out])
+
+
+# --- traversal from real images -------------------------------------------------------------
+
+
+def test_traversal_from_real_images(pipe: Any, tmp_path: Path) -> None:  # noqa: F811
+    from medtraverse.traversal.real import traverse_images_shard
+
+    folder = write_images(tmp_path / "imgs", 3)
+    inv = invert_shard(
+        "tiny",
+        tmp_path / "inv",
+        dataset="chexpert",
+        images=folder,
+        params={**TINY, "inner_steps": 3, "prompt": PROMPT},
+        pipe=pipe,
+    )
+    settings = {"steps": 10, "swap_steps": [2, 6], "bezier_frames": 3, "batch_size": 2}
+    kw = {"inversion": inv, "dataset": "chexpert", "trajectory": "support_devices", "pipe": pipe}
+    attribute = "Chest X-ray showing Support Devices"
+    out = traverse_images_shard(
+        "tiny",
+        tmp_path / "real-0000",
+        attribute=attribute,
+        params={**settings, "batching": "branch"},
+        **kw,
+    )
+    lat = load_file(str(out / "latents.safetensors"))
+    assert sorted(lat) == sorted(f"img0{i}/{k}" for i in range(3) for k in ("neutral", "k2", "k6"))
+    # the neutral run from the inverted z_T with the fitted embeddings is the reconstruction
+    recon = load_file(str(inv / "latents.safetensors"))
+    for i in range(3):
+        assert torch.equal(lat[f"img0{i}/neutral"], recon[f"img0{i}/recon"]), i
+    assert not torch.equal(lat["img00/k2"], lat["img00/neutral"])
+    meta = pd.read_parquet(out / "meta.parquet")
+    assert len(meta) == 3 * (3 + 3) and set(meta["kind"]) == {"neutral", "swap", "bezier"}
+    assert meta.groupby("image_id")["seed"].nunique().eq(1).all()
+    assert (meta.loc[meta.kind == "neutral", "prompt"] == PROMPT).all()
+    assert all((out / q).is_file() for q in [*meta["path"], *meta["real_path"]])
+    # wavefront batching: the same trajectories within float tolerance of the branch mode
+    wave = traverse_images_shard(
+        "tiny",
+        tmp_path / "real-wave",
+        attribute=attribute,
+        params={**settings, "save_images": False, "batching": "wavefront"},
+        **kw,
+    )
+    lw = load_file(str(wave / "latents.safetensors"))
+    assert sorted(lw) == sorted(lat)
+    with pytest.raises(InputError, match="params.steps: got 5; expected the inversion's 10"):
+        traverse_images_shard(
+            "tiny",
+            tmp_path / "bad",
+            attribute=attribute,
+            params={"steps": 5, "swap_steps": [2]},
+            **kw,
+        )

@@ -47,6 +47,10 @@ STAGES: dict[str, tuple[str, str]] = {
         "medtraverse.traversal.invert",
         "invert real images to start latents (DDIM, null-text) for traversal",
     ),
+    "traverse-real": (
+        "medtraverse.traversal.real",
+        "swap trajectories and Bezier frames from an inversion shard's real images",
+    ),
     "train-classifier": (
         "medtraverse.evaluation.classify",
         "train an EfficientNet-B0 attribute classifier",

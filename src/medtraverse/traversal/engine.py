@@ -299,20 +299,34 @@ class TraversalEngine:
             pred, t, x, eta=self.params.eta, variance_noise=noise, return_dict=False
         )[0]
 
-    def generate(self, seeds: Sequence[int], emb: Embeddings) -> dict[str | int, torch.Tensor]:
+    def generate(
+        self,
+        seeds: Sequence[int],
+        emb: Embeddings,
+        start: torch.Tensor | None = None,
+        uncond_steps: torch.Tensor | None = None,
+    ) -> dict[str | int, torch.Tensor]:
         """Final latents of one seed block: ``{"neutral": (B,4,h,w), k: (B,4,h,w), ...}``.
 
-        Tensors are float32 on the CPU, rows in the order of ``seeds``.
+        Tensors are float32 on the CPU, rows in the order of ``seeds``. Real images
+        (``traversal.invert``): ``start`` replaces the seeds' noise with inverted ``z_T``
+        ``(B,4,h,w)`` and ``uncond_steps`` ``(steps,B,tokens,dim)`` gives each step its own
+        unconditional embedding (null-text); ``emb.neutral`` may then hold one row per image.
         """
         import torch
 
         p = self.params
         b = len(seeds)
+        if start is not None and p.eta > 0:
+            raise bad_input("params.eta", f"got {p.eta} with inverted start latents", "eta 0")
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        z_t = torch.cat([torch.randn((1, *self.latent_shape), generator=g) for g in generators])
         self.scheduler.set_timesteps(p.steps, device=self.device)
         timesteps = self.scheduler.timesteps
-        latents = z_t.to(self.device, self.dtype) * self.scheduler.init_noise_sigma
+        if start is None:
+            z_t = torch.cat([torch.randn((1, *self.latent_shape), generator=g) for g in generators])
+            latents = z_t.to(self.device, self.dtype) * self.scheduler.init_noise_sigma
+        else:
+            latents = start.to(self.device, self.dtype)  # already at the first step's level
         step_noise: list[torch.Tensor | None] = [None] * len(timesteps)
         if p.eta > 0:  # the stock pipeline's per-step draws from each seed's generator
             for i in range(len(timesteps)):
@@ -323,7 +337,14 @@ class TraversalEngine:
                     ]
                 ).to(self.device)
         uncond = emb.uncond.expand(b, -1, -1) if emb.uncond is not None else None
+        if uncond_steps is not None and uncond_steps.shape[:2] != (len(timesteps), b):
+            raise bad_input("uncond_steps", f"shape {tuple(uncond_steps.shape)}", "(steps, B, ...)")
         swaps = list(p.swap_steps)
+
+        def unc(i: int) -> torch.Tensor | None:
+            if uncond_steps is None or uncond is None:
+                return uncond
+            return uncond_steps[i].to(self.device, uncond.dtype)
 
         def cond(branch: int | None, step: int) -> torch.Tensor:
             return self._cond(emb, branch, step).expand(b, -1, -1)
@@ -334,14 +355,14 @@ class TraversalEngine:
                 split: dict[int, torch.Tensor] = {}
                 x = latents
                 for i, t in enumerate(timesteps):
-                    x = self._step(x, cond(None, i), uncond, t, step_noise[i])
+                    x = self._step(x, cond(None, i), unc(i), t, step_noise[i])
                     if i in swaps:
                         split[i] = x
                 out["neutral"] = x
                 for k in swaps:
                     x = split[k]
                     for i in range(k + 1, len(timesteps)):
-                        x = self._step(x, cond(k, i), uncond, timesteps[i], step_noise[i])
+                        x = self._step(x, cond(k, i), unc(i), timesteps[i], step_noise[i])
                     out[k] = x
             else:
                 live: dict[str | int, torch.Tensor] = {"neutral": latents}
@@ -350,9 +371,10 @@ class TraversalEngine:
                     n = len(names)
                     x = torch.cat([live[a] for a in names])
                     conds = torch.cat([cond(None if a == "neutral" else a, i) for a in names])
-                    unc = uncond.repeat(n, 1, 1) if uncond is not None else None
+                    u_i = unc(i)
+                    u_n = u_i.repeat(n, 1, 1) if u_i is not None else None
                     noise = step_noise[i].repeat(n, 1, 1, 1) if step_noise[i] is not None else None
-                    x = self._step(x, conds, unc, t, noise)
+                    x = self._step(x, conds, u_n, t, noise)
                     for a, part in zip(names, x.split(b), strict=True):
                         live[a] = part
                     if i in swaps:  # branch k leaves the neutral run after step k

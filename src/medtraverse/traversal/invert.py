@@ -183,7 +183,9 @@ class Inverter:
         vae = self.pipe.vae
         with torch.no_grad():
             dist = vae.encode(images.to(self.device, vae.dtype)).latent_dist
-        return dist.mean * vae.config.scaling_factor
+        # contiguous: the VAE may hand back channels-last, whose U-Net kernels differ in the
+        # last bits from the engine's (contiguous) latents
+        return (dist.mean * vae.config.scaling_factor).contiguous()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], float32 on the CPU."""
@@ -412,12 +414,12 @@ def image_blocks(start: int, count: int, batch_size: int) -> list[list[int]]:
 # --- shards -----------------------------------------------------------------------------------
 
 
-def _scratch(out: Path) -> Path:
+def scratch_of(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def _check_scratch(scratch: Path) -> None:
-    """Refuse a ``<out>.partial`` that is not this stage's resume folder (it would be removed)."""
+def check_scratch(scratch: Path, stage: str = STAGE) -> None:
+    """Refuse a ``<out>.partial`` that is not ``stage``'s resume folder (it would be removed)."""
     if not os.path.lexists(scratch):
         return
     if scratch.is_dir() and not scratch.is_symlink():
@@ -428,15 +430,15 @@ def _check_scratch(scratch: Path) -> None:
     else:
         what = "not a folder"
     raise bad_input(
-        scratch, f"exists and is {what}", "the resume folder of 'medtraverse invert' or no path"
+        scratch, f"exists and is {what}", f"the resume folder of 'medtraverse {stage}' or no path"
     )
 
 
-def _block_dir(scratch: Path, block: Sequence[int]) -> Path:
+def block_dir(scratch: Path, block: Sequence[int]) -> Path:
     return scratch / f"images-{block[0]:07d}-{block[-1]:07d}"
 
 
-def _fingerprint(*paths: Path) -> str:
+def fingerprint(*paths: Path) -> str:
     """Cheap identity of files or folders: names, sizes and modification times."""
     digest = hashlib.sha256()
     for root in paths:
@@ -488,8 +490,8 @@ def invert_shard(
     inv = Inverter(pipe, params)
     identity = {
         "model": str(model),
-        "model_files": _fingerprint(model),
-        "code": _fingerprint(Path(__file__)),
+        "model_files": fingerprint(model),
+        "code": fingerprint(Path(__file__)),
         "torch": torch.__version__,
         "device": inv.device.type,
         "dataset": dataset,
@@ -498,12 +500,12 @@ def invert_shard(
         "images": hashlib.sha256(
             rows[["image_id", "file", "prompt"]].to_json().encode()
         ).hexdigest(),
-        "inputs": _fingerprint(*(Path(f) for f in rows["file"][start : start + count])),
+        "inputs": fingerprint(*(Path(f) for f in rows["file"][start : start + count])),
     }
-    scratch = _scratch(out)
+    scratch = scratch_of(out)
     ident_file = scratch / "settings.json"
     if scratch.exists():
-        _check_scratch(scratch)
+        check_scratch(scratch)
         if not (ident_file.is_file() and json.loads(ident_file.read_text()) == identity):
             shutil.rmtree(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -532,11 +534,11 @@ def invert_shard(
         "batch_size": params.batch_size,
     }
     blocks = image_blocks(start, count, params.batch_size)
-    todo = [blk for blk in blocks if not _block_dir(scratch, blk).is_dir()]
+    todo = [blk for blk in blocks if not block_dir(scratch, blk).is_dir()]
     bar = tqdm(total=count, desc=f"invert {dataset}", unit="image")
     bar.update(count - sum(len(blk) for blk in todo))
     for block in todo:
-        _run_block(inv, rows.iloc[block], block, _block_dir(scratch, block), common, on_inner)
+        _run_block(inv, rows.iloc[block], block, block_dir(scratch, block), common, on_inner)
         bar.update(len(block))
         if on_block_done is not None:
             on_block_done(block)
@@ -637,7 +639,7 @@ def _assemble(scratch: Path, blocks: list[list[int]], dest: Path) -> None:
     dest.mkdir()
     latents, uncond, tables = {}, {}, []
     for block in blocks:
-        src = _block_dir(scratch, block)
+        src = block_dir(scratch, block)
         if not src.is_dir():
             raise RuntimeError(f"{src}: block missing at assembly")
         latents.update(load_file(str(src / "latents.safetensors")))
@@ -683,7 +685,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     check_output(args.out, STAGE, "folder")  # before any work; never replaces user data
-    _check_scratch(_scratch(args.out))
+    check_scratch(scratch_of(args.out))
     params = parse_params(InvertParams, load_params(args.params))
     if args.count is not None and args.count < 1:
         raise InputError(f"--count: got {args.count}; expected an integer >= 1")
