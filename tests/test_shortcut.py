@@ -327,3 +327,17 @@ def test_arms_share_the_test_and_add_counterfactuals_with_labels_from_the_prompt
             counterfactuals=shards,
         )
     assert not (tmp_path / "x").exists()
+
+
+def test_fast_group_metrics_equal_the_shared_binary_metrics() -> None:
+    from medtraverse.evaluation.metrics import binary_metrics
+    from medtraverse.evaluation.shortcut import group_metrics
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    p = np.round(np.clip(0.3 * y + rng.random(300) * 0.7, 0, 1), 2)  # ties included
+    groups = rng.choice(np.array(GROUPS), 300)
+    fast, ref = group_metrics(y, p, groups, 0.5), binary_metrics(y, p, 0.5)
+    for key in ("accuracy", "f1", "auroc"):
+        assert fast[key] == pytest.approx(ref[key], abs=1e-12)
+    assert math.isnan(group_metrics(np.ones(4, int), p[:4], groups[:4], 0.5)["auroc"])

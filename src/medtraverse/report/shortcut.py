@@ -11,10 +11,12 @@ shortcut gap (mixed minus majority; negative when the classifier leans on the ot
 every arm, so differences between arms are paired). The verdict table gives, per attribute,
 arm (b)'s gap minus arm (a)'s with its interval, and says whether (b) narrows, closes or does
 not change the gap: measured, never assumed. With ``--factors`` (the twin's ``factors.parquet``)
-the labels are also checked against what the twin drew (``truth`` rows).
+the labels are also checked against what the twin drew (``truth.csv``: the share of test rows
+whose label is the drawn finding).
 
 Writes into ``--out``: ``metrics.csv`` (long: every value with its interval), ``metrics.md`` /
-``metrics.tex`` (the headline columns), ``verdict.csv``/``.md``/``.tex``, ``predictions.parquet``,
+``metrics.tex`` (the headline columns), ``verdict.csv``/``.md``/``.tex``, ``truth.*`` (twin only),
+``predictions.parquet``,
 ``shortcut.png`` (per-group accuracy per arm on the balanced test), ``provenance.json``.
 """
 
@@ -88,7 +90,6 @@ def evaluate(
     probs: dict[str, dict[str, np.ndarray]],
     columns: tuple[str, str],
     params: ReportParams,
-    truth: dict[str, pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Long metrics table (arm, test, attribute, labels, metric, value, ci_low, ci_high) and the
     verdict table. ``probs[arm][test]`` is N x 2 in the test's row order."""
@@ -97,8 +98,6 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     verdict: list[dict[str, Any]] = []
     label_sets = {"labels": tests}
-    if truth:
-        label_sets["truth"] = truth
     for labels_name, frames in label_sets.items():
         for test, df in frames.items():
             groups = df["group"].to_numpy()
@@ -166,6 +165,18 @@ def evaluate(
                     }
                 )
     return pd.DataFrame(rows), pd.DataFrame(verdict)
+
+
+def truth_agreement(
+    tests: dict[str, pd.DataFrame], truth: dict[str, pd.DataFrame], columns: tuple[str, str]
+) -> pd.DataFrame:
+    """Per test and attribute, the share of rows whose label is the twin's ground truth."""
+    rows = []
+    for test, df in tests.items():
+        for col in columns:
+            same = df[col].to_numpy().astype(int) == truth[test][col].to_numpy()
+            rows.append({"test": test, "attribute": col, "agreement": float(same.mean())})
+    return pd.DataFrame(rows)
 
 
 def wide_table(long: pd.DataFrame) -> pd.DataFrame:
@@ -273,7 +284,8 @@ def shortcut_report(
                     **{c: joined[f"{c}_rendered"].astype(int).to_numpy() for c in columns},
                 }
             )
-    long, verdict = evaluate(tests, probs, columns, params, truth)
+    long, verdict = evaluate(tests, probs, columns, params)
+    agreement = truth_agreement(tests, truth, columns) if truth else None
     wide = wide_table(long)
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
@@ -285,6 +297,9 @@ def shortcut_report(
         if not verdict.empty:
             vnote = "(b) - (a): change of the shortcut gap from adding counterfactuals"
             write_tables(tmp, "verdict", verdict, note=vnote, caption="Does (b) close the gap?")
+        if agreement is not None:
+            tnote = "share of test rows whose label equals what the twin drew (factors.parquet)"
+            write_tables(tmp, "truth", agreement, note=tnote, caption="Labels against the twin")
         pd.concat(preds, ignore_index=True).to_parquet(tmp / "predictions.parquet", index=False)
         plot(long, columns, tmp / "shortcut.png")
     inputs = [splits, *arms.values(), *([Path(factors)] if factors else [])]
