@@ -317,6 +317,11 @@ def test_arms_share_the_test_and_add_counterfactuals_with_labels_from_the_prompt
         splits, manifest.parent, "augmented", tmp_path / "again", params, counterfactuals=shards
     )
     assert {"truth_a_only", "truth_b_only"} <= set(aug_summary)
+    only = tmp_path / "cf_only"
+    build_arm(splits, manifest.parent, "counterfactual", only, params, counterfactuals=shards)
+    df = pd.read_parquet(only / "manifest.parquet")
+    assert (df.loc[df["split"] == "train", "source"] == "counterfactual").all()
+    assert (df.loc[df["split"] != "train", "source"] == "real").all()
     with pytest.raises(Exception, match="per_group"):
         build_arm(
             splits,
@@ -341,3 +346,22 @@ def test_fast_group_metrics_equal_the_shared_binary_metrics() -> None:
     for key in ("accuracy", "f1", "auroc"):
         assert fast[key] == pytest.approx(ref[key], abs=1e-12)
     assert math.isnan(group_metrics(np.ones(4, int), p[:4], groups[:4], 0.5)["auroc"])
+
+
+def test_workflow_plans_the_study_and_reruns_follow_its_config(tmp_path: Path) -> None:
+    import yaml
+
+    from tests.workflow_utils import ROOT, dry_run
+
+    demo = ROOT / "config/shortcut-demo.yaml"
+    jobs = dry_run(demo, tmp_path, "--", "shortcut_study")
+    config = yaml.safe_load(demo.read_text())
+    arms = len(config["shortcut"]["arms"])
+    assert jobs["shortcut_splits"] == 1 and jobs["shortcut_report"] == 1
+    assert jobs["shortcut_counterfactuals"] == 2  # A without B, B without A
+    assert jobs["shortcut_arm"] == arms and jobs["shortcut_train"] == arms
+    assert "traverse_shard" not in jobs and "score_shard" not in jobs
+    # without a shortcut section the rules are not even loaded
+    plain = {k: v for k, v in config.items() if k != "shortcut"}
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(plain))
+    assert not any(k.startswith("shortcut") for k in dry_run(tmp_path / "plain.yaml", tmp_path))
