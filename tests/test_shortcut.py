@@ -365,3 +365,28 @@ def test_workflow_plans_the_study_and_reruns_follow_its_config(tmp_path: Path) -
     plain = {k: v for k, v in config.items() if k != "shortcut"}
     (tmp_path / "plain.yaml").write_text(yaml.safe_dump(plain))
     assert not any(k.startswith("shortcut") for k in dry_run(tmp_path / "plain.yaml", tmp_path))
+
+
+def test_filter_keeps_only_counterfactuals_the_classifier_calls_as_intended(
+    tmp_path: Path,
+) -> None:
+    from medtraverse.evaluation.shortcut import filter_calls
+
+    files = []
+    for i in range(4):
+        _png(tmp_path / f"{i}.png", i + 1)
+        files.append(tmp_path / f"{i}.png")
+    rows = pd.DataFrame({"file": files, "group": ["a_only", "a_only", "b_only", "b_only"]})
+
+    class Calls:  # a classifier's interface: attributes, image_size, predict_proba
+        attributes = ["support_devices", "pleural_effusion", "cardiomegaly"]
+        image_size = 32
+
+        def predict_proba(self, images: list) -> np.ndarray:
+            assert len(images) == 4 and images[0].shape == (32, 32, 3)
+            # rows: A without B (kept), A with B (dropped), B without A (kept), B only but
+            # A called too (dropped); cardiomegaly is not part of the study and is ignored
+            return np.array([[0.1, 0.9, 0.9], [0.8, 0.9, 0.1], [0.7, 0.2, 0.9], [0.9, 0.6, 0.0]])
+
+    keep = filter_calls(rows, [Calls()], ("pleural_effusion", "support_devices"), 0.5)
+    assert keep.tolist() == [True, False, True, False]
