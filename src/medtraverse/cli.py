@@ -85,6 +85,11 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
+# Stages that start no compute (no --threads), and compute stages that never load torch.
+NO_THREADS = frozenset({"provenance", "audit", "submit"})
+TORCH_FREE = frozenset({"synth", "prepare", "figures", "shortcut-splits", "shortcut-report"})
+
+
 def _usage() -> str:
     lines = ["usage: medtraverse <stage> [options]", "", "stages:"]
     lines += [f"  {name:<17} {help_}" for name, (_, help_) in STAGES.items()]
@@ -98,6 +103,14 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"medtraverse {stage}", description=help_)
     module.add_arguments(parser)
+    if stage not in NO_THREADS:
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="CPU threads (default: SLURM_CPUS_PER_TASK, else OMP_NUM_THREADS, else the "
+            "CPUs this process may use; never more than those)",
+        )
     parser.set_defaults(_main=module.main)
     return parser
 
@@ -118,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(stage)
     args = parser.parse_args(rest)
     try:
+        if stage not in NO_THREADS:
+            from medtraverse.core.threads import apply_threads, resolve_threads
+
+            args.threads = resolve_threads(args.threads)
+            apply_threads(args.threads, torch_too=stage not in TORCH_FREE)
         args._main(args)
     except InputError as err:
         print(f"medtraverse {stage}: error: {err}", file=sys.stderr)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from medtraverse.cli import STAGES
 from medtraverse.config import check_real_data
+from medtraverse.config import threads as config_threads
 from medtraverse.core.imports import module_closure
 
 RESULTS = f"{config['results']}/{config['run']}"
@@ -43,6 +44,15 @@ def section(name):
         return as_json(dataset_config(wildcards).get(name, {}))
 
     return params
+
+
+THREADS = config_threads(config)
+
+
+def rule_threads(name):
+    """A heavy rule's `threads:`: config `threads.<name>`, defaults in config.Threads;
+    the stage gets it as --threads and sets torch's threads."""
+    return getattr(THREADS, name)
 
 
 def stage_code(stage):
@@ -179,7 +189,7 @@ def prepare_params(wildcards):
 
 
 def base_is_tiny(dataset):
-    return config["datasets"][dataset].get("model", {}).get("base", "tiny") == "tiny"
+    return config["datasets"][dataset]["model"]["base"] == "tiny"  # schema default
 
 
 def base_pipeline(wildcards):
@@ -193,7 +203,7 @@ def base_params(wildcards):
     model = dataset_config(wildcards).get("model", {})
     return as_json(
         {
-            "base": model.get("base", "tiny"),
+            "base": model["base"],
             "seed": config["seed"],
             **model.get("tiny", {}),
         }
@@ -216,7 +226,7 @@ def finetune_params(wildcards):
 
 
 def finetune_gpus(wildcards):
-    return dataset_config(wildcards).get("finetune", {}).get("gpus", 1)
+    return dataset_config(wildcards)["finetune"]["gpus"]  # schema default
 
 
 def launcher(wildcards, resources):
@@ -237,18 +247,15 @@ def seed_config(dataset):
 def shards(dataset):
     """Shard ids of a dataset: contiguous seed ranges of `shard_size`."""
     seeds = seed_config(dataset)
-    return [
-        f"{i:04d}"
-        for i in range(math.ceil(seeds["count"] / seeds.get("shard_size", 250)))
-    ]
+    return [f"{i:04d}" for i in range(math.ceil(seeds["count"] / seeds["shard_size"]))]
 
 
 def shard_seeds(wildcards):
     """(first seed, number of seeds) of the job's shard."""
     seeds = seed_config(wildcards.dataset)
-    size = seeds.get("shard_size", 250)
+    size = seeds["shard_size"]  # start and shard_size: schema defaults
     first = int(wildcards.shard) * size
-    return seeds.get("start", 0) + first, min(size, seeds["count"] - first)
+    return seeds["start"] + first, min(size, seeds["count"] - first)
 
 
 def seed_start(wildcards):

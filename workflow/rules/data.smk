@@ -12,11 +12,12 @@ rule synthesize_dataset:
         f"{BENCH}/synthesize_dataset/{{dataset}}.tsv"
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("synth")
     params:
         synth=synth_params,
     shell:
         "medtraverse synth --dataset {wildcards.dataset} --out {output:q}"
-        " --params {params.synth:q} > {log:q} 2>&1"
+        " --params {params.synth:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule annotate_artifacts:
@@ -55,6 +56,7 @@ rule prepare_dataset:
         f"{BENCH}/prepare_dataset/{{dataset}}.tsv"
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("prepare")
     params:
         root=raw_root,
         artifacts=artifacts_option,
@@ -62,4 +64,4 @@ rule prepare_dataset:
     shell:
         "medtraverse prepare --dataset {wildcards.dataset} --root {params.root:q}"
         " {params.artifacts} --out {output:q} --params {params.prepare:q}"
-        " > {log:q} 2>&1"
+        " --threads {threads} > {log:q} 2>&1"

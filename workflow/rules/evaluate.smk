@@ -2,7 +2,8 @@
 
 
 onstart:
-    check_real_data(config)  # a real source's tables, when jobs (not a dry run) start
+    # a real source's tables, when jobs (not a dry run) start
+    check_real_data(config)
     check_backbones_early()
 
 
@@ -18,6 +19,7 @@ rule train_classifier:
         f"{BENCH}/train_classifier/{{dataset}}/{{classifier}}.tsv"
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("train_classifier")
     resources:
         gpu=1,
     params:
@@ -26,7 +28,7 @@ rule train_classifier:
     shell:
         "medtraverse train-classifier --manifest {input.data:q}/manifest.parquet"
         " --attributes {params.attributes:q} --name {wildcards.classifier} --out {output:q}"
-        " --params {params.classifier:q} > {log:q} 2>&1"
+        " --params {params.classifier:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule score_shard:
@@ -42,6 +44,7 @@ rule score_shard:
         f"{BENCH}/score_shard/{{dataset}}/{{trajectory}}/{{shard}}.tsv"
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("score")
     resources:
         gpu=1,
     params:
@@ -49,7 +52,7 @@ rule score_shard:
         classifiers=classifier_options,
     shell:
         "medtraverse score --shard {input.shard:q} {params.classifiers}"
-        " --out {output:q} --params {params.score:q} > {log:q} 2>&1"
+        " --out {output:q} --params {params.score:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule aggregate_metrics:
@@ -72,9 +75,10 @@ rule aggregate_metrics:
         f"{BENCH}/aggregate_metrics/{{dataset}}.tsv"
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("aggregate")
     params:
         metrics=metrics_params,
     shell:
         "medtraverse aggregate --traversals {input.shards:q} --scores {input.scores:q}"
         " --classifiers {input.classifiers:q} --manifest {input.data:q}/manifest.parquet"
-        " --out {output:q} --params {params.metrics:q} > {log:q} 2>&1"
+        " --out {output:q} --params {params.metrics:q} --threads {threads} > {log:q} 2>&1"

@@ -33,11 +33,12 @@ rule train_vae:
     priority: 10  # the critical path: classifiers fill the other cores meanwhile
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("train_vae")
     params:
         vae=vae_params,
     shell:
         "medtraverse train-vae --base {input.base:q} --manifest {input.data:q}/manifest.parquet"
-        " --out {output:q} --params {params.vae:q} > {log:q} 2>&1"
+        " --out {output:q} --params {params.vae:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule cache_encoders:
@@ -54,11 +55,12 @@ rule cache_encoders:
     priority: 10  # the critical path: classifiers fill the other cores meanwhile
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("cache")
     params:
         cache=section("cache"),
     shell:
         "medtraverse cache --base {input.base:q} --manifest {input.data:q}/manifest.parquet"
-        " --out {output:q} --params {params.cache:q} > {log:q} 2>&1"
+        " --out {output:q} --params {params.cache:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule finetune_unet:
@@ -75,6 +77,7 @@ rule finetune_unet:
     priority: 10  # the critical path: classifiers fill the other cores meanwhile
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("finetune")
     resources:
         gpu=finetune_gpus,
     params:
@@ -84,7 +87,7 @@ rule finetune_unet:
     shell:
         "{params.launcher} finetune --base {input.base:q} --cache {input.cache:q}"
         " --checkpoints {params.checkpoints:q} --out {output:q} --params {params.finetune:q}"
-        " > {log:q} 2>&1"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 rule sample_grid:

@@ -13,6 +13,7 @@ rule traverse_shard:
         f"{BENCH}/traverse_shard/{{dataset}}/{{trajectory}}/{{shard}}.tsv"
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("traverse")
     resources:
         gpu=1,
     params:
@@ -23,7 +24,7 @@ rule traverse_shard:
         "medtraverse traverse --model {input.model:q} --out {output:q}"
         " --dataset {wildcards.dataset} --trajectory {wildcards.trajectory}"
         " --seed-start {params.seed_start} --seed-count {params.seed_count}"
-        " --params {params.traverse:q} > {log:q} 2>&1"
+        " --params {params.traverse:q} --threads {threads} > {log:q} 2>&1"
 
 
 # --- real images: inversion, one job per shard of the prepared split's images ----------------

@@ -387,7 +387,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=0,
-        help="resize threads (0: one per core, at most 16); does not change the outputs",
+        help="resize threads (0: --threads, else one per core, at most 16); same outputs",
     )
 
 
@@ -400,15 +400,16 @@ def main(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     if args.dataset not in DATASETS:
         raise bad_input("--dataset", f"unknown dataset {args.dataset!r}", " or ".join(DATASETS))
+    workers = args.workers or getattr(args, "threads", None) or 0  # the CLI's --threads
     if args.dataset == "isic":
         if args.artifacts is None:
             raise bad_input("--artifacts", "missing", "the artifact table for --dataset isic")
         if not args.artifacts.strip():
             raise bad_input("--artifacts", "an empty path", "the artifact table (a CSV file)")
-        prepare_isic(args.root, args.artifacts, args.out, params, workers=args.workers)
+        prepare_isic(args.root, args.artifacts, args.out, params, workers=workers)
     else:
         if args.artifacts is not None:
             raise bad_input(
                 "--artifacts", "given with --dataset chexpert", "it only with --dataset isic"
             )
-        prepare_chexpert(args.root, args.out, params, workers=args.workers)
+        prepare_chexpert(args.root, args.out, params, workers=workers)
