@@ -209,3 +209,14 @@ def test_missing_real_tables_stop_before_the_first_job(tmp_path: Path) -> None:
         "expected the dataset's tables"
     ], proc.stderr[-2000:]
     assert not (work / "results").exists()
+
+
+def test_readme_tables_are_generated_from_the_dataclasses() -> None:
+    """config/README.md holds one generated table per settings dataclass, as generated now
+    (`python -m medtraverse.config` rewrites them)."""
+    from medtraverse.config import README_BEGIN, documented_sections, readme_with_tables
+
+    text = (ROOT / "config/README.md").read_text()
+    for section in documented_sections():
+        assert README_BEGIN.format(section=section) in text, f"no table for {section}"
+    assert readme_with_tables(text) == text, "run: python -m medtraverse.config"

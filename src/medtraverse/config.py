@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import yaml
 
 from medtraverse.core.errors import InputError, bad_input
 from medtraverse.core.formats import CHEXPERT_LABELS, ISIC_ARTIFACTS, ISIC_CLASSES, snake
-from medtraverse.core.params import parse_params, setting
+from medtraverse.core.params import describe, parse_params, setting
 
 # Config section (dotted, inside ``datasets.<name>``) -> its stage's settings, as
 # "module:attribute". The attribute is a dataclass (checked with `parse_params`) or a function
@@ -174,17 +175,22 @@ def check_attributes(config: Mapping[str, Any]) -> None:
                 )
 
 
-def real_tables(dataset: str, ds: Mapping[str, Any]) -> list[Path]:
-    """The tables prepare reads from a real source (after `check_stage_sections`)."""
+def real_tables(dataset: str, ds: Mapping[str, Any]) -> list[tuple[str, Path]]:
+    """(config key, path) of each table prepare reads from a real source."""
     src, prep = ds["source"], ds.get("prepare") or {}
     root = Path(src["root"])
     if dataset == "isic":
-        tables = [root / prep.get("ground_truth", "ISIC_2019_Training_GroundTruth.csv")]
+        from medtraverse.data.prepare.isic import IsicParams
+
+        gt = prep.get("ground_truth", IsicParams.ground_truth)
+        tables = [("root", root / gt)]
         if src.get("artifacts"):
-            tables.append(Path(src["artifacts"]))
+            tables.append(("artifacts", Path(src["artifacts"])))
         return tables
-    folder = root / prep.get("dataset_dir", "CheXpert-v1.0-small")
-    return [folder / name for name in prep.get("csvs", ("train.csv", "valid.csv"))]
+    from medtraverse.data.prepare.chexpert import ChexpertParams
+
+    folder = root / prep.get("dataset_dir", ChexpertParams.dataset_dir)
+    return [("root", folder / name) for name in prep.get("csvs", ChexpertParams.csvs)]
 
 
 def check_sources(config: Mapping[str, Any], dry_run: bool = False) -> list[str]:
@@ -197,9 +203,9 @@ def check_sources(config: Mapping[str, Any], dry_run: bool = False) -> list[str]
             continue
         if not src.get("root"):
             raise bad_input(f"{where}.root", "missing for kind real", "the dataset's folder")
-        for table in real_tables(dataset, ds):
+        for key, table in real_tables(dataset, ds):
             if not table.is_file():
-                error = bad_input(f"{where}.root", f"{table} not found", "the dataset's tables")
+                error = bad_input(f"{where}.{key}", f"{table} not found", "the dataset's tables")
                 if not dry_run:
                     raise error
                 notes.append(f"{error} (dry run: planned anyway)")
@@ -241,3 +247,70 @@ def check_real_data(config: dict[str, Any]) -> None:
     """For ``onstart`` (not run by a dry run): a real source's missing table is one line and
     exit status 2 before the first job."""
     _exit_on_error(check_sources, config, False)
+
+
+# --- config/README.md's key tables, generated from the dataclasses -------------------------------
+
+README_BEGIN = "<!-- BEGIN generated settings: {section} (python -m medtraverse.config) -->"
+README_END = "<!-- END generated settings -->"
+
+
+def _cell(value: Any) -> str:
+    if value is dataclasses.MISSING:
+        return "(required)"
+    if isinstance(value, tuple):
+        value = list(value)
+    return "`" + json.dumps(value) + "`"
+
+
+def settings_table(cls: type) -> str:
+    """A Markdown table of a settings dataclass: key, default, allowed values, meaning."""
+    lines = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for row in describe(cls):
+        allowed = [row["type"]]
+        if row["choices"] is not None:
+            allowed = ["one of " + ", ".join(_cell(c) for c in row["choices"])]
+        if row["above"] is not None:
+            allowed.append(f"> {row['above']}")
+        if row["min"] is not None:
+            allowed.append(f">= {row['min']}")
+        if row["max"] is not None:
+            allowed.append(f"<= {row['max']}")
+        lines.append(
+            f"| `{row['name']}` | {_cell(row['default'])} | {', '.join(allowed)} | {row['help']} |"
+        )
+    return "\n".join(lines)
+
+
+def documented_sections() -> dict[str, type]:
+    """Sections whose README table is generated: every registered dataclass, and ``threads``."""
+    out: dict[str, type] = {}
+    for section, target in STAGE_SETTINGS.items():
+        checker = _resolve(target)
+        if dataclasses.is_dataclass(checker):
+            out[section] = checker  # type: ignore[assignment]
+    out["threads"] = Threads
+    return out
+
+
+def readme_with_tables(text: str) -> str:
+    """``text`` with each generated block (between its markers) rewritten from the dataclass."""
+    for section, cls in documented_sections().items():
+        begin = README_BEGIN.format(section=section)
+        if begin not in text:
+            continue
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(README_END, 1)
+        text = f"{head}{begin}\n{settings_table(cls)}\n{README_END}{tail}"
+    return text
+
+
+def main() -> None:
+    """Rewrite config/README.md's generated tables (``python -m medtraverse.config``)."""
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "config/README.md")
+    path.write_text(readme_with_tables(path.read_text()))
+    print(f"{path}: settings tables regenerated")
+
+
+if __name__ == "__main__":
+    main()

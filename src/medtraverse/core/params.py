@@ -71,7 +71,8 @@ def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     if origin in (list, tuple):
-        return f"a list of {_type_name(args[0])}" if args else "a list"
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+        return f"a list of {plural.get(args[0], _type_name(args[0]))}" if args else "a list"
     if origin is dict:
         return f"a mapping of {_type_name(args[1])}" if len(args) == 2 else "a mapping"
     if dataclasses.is_dataclass(tp):
