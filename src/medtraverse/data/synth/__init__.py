@@ -19,10 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from medtraverse.core.errors import InputError, bad_input
+from medtraverse.core.params import parse_params, setting
 
 DATASETS = ("chexpert", "isic")
-DEFAULTS = {"n": 1000, "size": 64, "seed": 0}
 MIN_SIZE, MAX_SIZE = 32, 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class TwinSize:
+    """How big a twin is and its seed (``source.n``, ``size``, ``seed``)."""
+
+    n: int = setting(1000, min=1, max=10_000_000, help="number of images")
+    size: int = setting(64, min=MIN_SIZE, max=MAX_SIZE, help="image side in px")
+    seed: int = setting(0, min=0, max=2**63 - 1, help="the twin's seed")
+
+
+DEFAULTS = dataclasses.asdict(TwinSize())
 
 
 def _options_class(dataset: str) -> type:
@@ -33,14 +45,6 @@ def _options_class(dataset: str) -> type:
     from medtraverse.data.synth.isic import IsicOptions
 
     return IsicOptions
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_input(name, f"got {value!r}", f"an integer in [{lo}, {hi}]")
-    if not lo <= value <= hi:
-        raise bad_input(name, f"got {value}", f"an integer in [{lo}, {hi}]")
-    return value
 
 
 def make_options(dataset: str, options: dict[str, Any], where: str = "params") -> Any:
@@ -67,7 +71,8 @@ def make_options(dataset: str, options: dict[str, Any], where: str = "params") -
                 raise bad_input(f"{where}.{key}", f"got {value!r}", "a number in [0, 1]")
             value = float(value)
         elif isinstance(default, int):
-            value = _check_int(f"{where}.{key}", value, 1, 100)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+                raise bad_input(f"{where}.{key}", f"got {value!r}", "an integer in [1, 100]")
         elif isinstance(default, dict):
             if not isinstance(value, dict):
                 raise bad_input(f"{where}.{key}", f"got {value!r}", "an object of probabilities")
@@ -94,9 +99,7 @@ def check_source(source: dict[str, Any], where: str, dataset: str) -> None:
     checked as `synthesize` would, before any job runs."""
     if source.get("kind") != "synthetic":
         return
-    _check_int(f"{where}.n", source.get("n", DEFAULTS["n"]), 1, 10_000_000)
-    _check_int(f"{where}.size", source.get("size", DEFAULTS["size"]), MIN_SIZE, MAX_SIZE)
-    _check_int(f"{where}.seed", source.get("seed", DEFAULTS["seed"]), 0, 2**63 - 1)
+    parse_params(TwinSize, {k: source[k] for k in DEFAULTS if k in source}, where)
     make_options(dataset, source.get("options") or {}, f"{where}.options")
 
 
@@ -109,9 +112,11 @@ def synthesize(dataset: str, out: str | Path, n: int, size: int, seed: int, **op
     """
     if dataset not in DATASETS:
         raise bad_input("--dataset", f"unknown dataset {dataset!r}", " or ".join(DATASETS))
-    n = _check_int("--n", n, 1, 10_000_000)
-    size = _check_int("--size", size, MIN_SIZE, MAX_SIZE)
-    seed = _check_int("--seed", seed, 0, 2**63 - 1)
+    try:
+        twin = parse_params(TwinSize, {"n": n, "size": size, "seed": seed}, "")
+    except InputError as err:  # ".size: got 16; ..." -> "--size: got 16; ..."
+        raise InputError("--" + str(err).lstrip(".")) from None
+    n, size, seed = twin.n, twin.size, twin.seed
     opts = make_options(dataset, options)
     from medtraverse.core.io import atomic_path
     from medtraverse.core.provenance import record
