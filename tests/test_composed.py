@@ -113,3 +113,51 @@ def test_cfrt_and_lpips_per_k_with_intervals() -> None:
 def test_missing_target_column_is_named() -> None:
     with pytest.raises(ValueError, match="p_ink"):
         cfrt_per_seed(scores(SHIFTS), ["pe", "ink"], ["pe", "sd"])
+
+
+def test_aggregate_choose_k_rows_and_recommendation() -> None:
+    from medtraverse.report.aggregate import check_params, choose_k_rows
+
+    rows = []
+    for seed in range(10):
+        rows.append(
+            {"seed": seed, "kind": "neutral", "k": -1, "frame": -1, "p_pe": 0.2, "p_sd": 0.2}
+        )
+        for k in (5, 10, 15):
+            up = 0.5 if (k < 15 or seed % 2 == 0) else -0.1
+            rows.append(
+                {"seed": seed, "kind": "swap", "k": k, "frame": -1, "p_pe": 0.2 + up, "p_sd": 0.2}
+            )
+    data = pd.DataFrame(rows)
+    lp = data[["seed", "kind", "k", "frame"]].assign(lpips=data["k"].clip(lower=0) / 100)
+    p = check_params({"n_boot": 200})
+    got = pd.DataFrame(choose_k_rows(data, lp, "chexpert", "pe", "pe", p, ["pe", "sd"]))
+    assert got["k"].tolist() == [5, 10, 15] and got["cfrt_authors"].tolist() == [1.0, 1.0, 0.5]
+    assert got["lpips"].round(6).tolist() == [0.05, 0.10, 0.15]
+    assert (got["recommended_k"] == "10").all() and (got["k_level"] == 0.8).all()
+    strict = pd.DataFrame(
+        choose_k_rows(data, lp, "chexpert", "pe", "pe", check_params({"k_level": 1.0}), ["pe"])
+    )
+    assert (strict["recommended_k"] == "10").all()
+    never = data.assign(p_pe=0.1)
+    none = pd.DataFrame(choose_k_rows(never, lp, "chexpert", "pe", "pe", p, ["pe", "sd"]))
+    assert (none["recommended_k"] == "none").all()
+
+
+def test_aggregate_names_a_composed_trajectory() -> None:
+    from medtraverse.report.aggregate import cfrt_rows, check_params
+
+    p = check_params(
+        {"n_boot": 100, "trajectories": {"pe_sd": {"target": ["pe", "sd"]}, "pe": "pe"}}
+    )
+    assert p["trajectories"] == {"pe_sd": ("pe", "sd"), "pe": "pe"}
+    data = scores(SHIFTS)
+    for version in ("swap",):
+        rows, per_seed = cfrt_rows(
+            data, "chexpert", "pe_sd", ("pe", "sd"), {**p, "bezier_frames": []}, ["pe", "sd", "x"]
+        )
+        got = {(r["version"], r["variant"]): r["value"] for r in rows}
+        assert got[(version, "authors")] == 0.5 and got[(version, "strict")] == 0.25
+        assert {r["target"] for r in rows} == {"pe+sd"} and rows[0]["others"] == "x"
+    with pytest.raises(Exception, match="params.trajectories.bad"):
+        check_params({"trajectories": {"bad": {"target": ["pe", 3]}}})

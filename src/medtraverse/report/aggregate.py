@@ -181,6 +181,9 @@ class MetricsParams:
     lpips_swap_steps: list[int] | None = setting(None, min=0, help="swap steps with LPIPS")
     lpips_frames: list[int] | None = setting(None, min=0, help="Bezier frames with LPIPS")
     inception_weights: str | None = setting(None, help="Inception weights for FID (else none)")
+    k_level: float = setting(
+        0.8, min=0, max=1, help="CFRT lower bound the recommended swap step must reach"
+    )
     fid_swap_step: int = setting(5, min=0, help="the swap step FID compares with real images")
     fid_n_boot: int = setting(100, min=1, help="bootstrap resamples of FID")
     fid_batch_size: int = setting(32, min=1, help="images per Inception call")
@@ -205,12 +208,27 @@ def check_params(raw: dict[str, Any]) -> dict[str, Any]:
             target, dict
         ):  # the config's trajectory entries ({neutral, attribute, target})
             target = target.get("target")
-        if not isinstance(target, str):
+        composed = isinstance(target, list | tuple) and len(target) > 0
+        if composed and all(isinstance(t, str) for t in target):
+            target = tuple(target) if len(target) > 1 else target[0]
+        if not isinstance(target, str | tuple):
             raise bad_input(
-                f"params.trajectories.{name}", f"got {target!r}", "a target attribute name"
+                f"params.trajectories.{name}",
+                f"got {target!r}",
+                "a target attribute name or a list of them (a composed trajectory)",
             )
         out["trajectories"][name] = target
     return out
+
+
+def target_names(target: str | tuple[str, ...]) -> list[str]:
+    """The attributes of a target: one, or several for a composed trajectory."""
+    return [target] if isinstance(target, str) else list(target)
+
+
+def target_label(target: str | tuple[str, ...]) -> str:
+    """A target in tables: ``pleural_effusion`` or ``pleural_effusion+support_devices``."""
+    return "+".join(target_names(target))
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +273,7 @@ def check_score_columns(
         ds = str(df["dataset"].iloc[0]) if len(df) else ""
         traj = str(df["trajectory"].iloc[0]) if len(df) else ""
         target = (targets or {}).get(traj)
-        named = {f"p_{a}" for a in attributes | ({target} if target else set())}
+        named = {f"p_{a}" for a in attributes | set(target_names(target) if target else [])}
         missing = sorted((union[ds] | named) - set(df.columns))
         if missing:
             why = (
@@ -341,13 +359,14 @@ def cfrt_rows(
     from medtraverse.evaluation.metrics import MetricInputError, cfrt_per_seed, summarize
 
     rows, per_seed = [], []
+    names = target_names(target)
     sources = [("classifier", "p_", p["threshold"])]
-    if f"truth_{target}" in scores.columns:
+    if all(f"truth_{n}" in scores.columns for n in names):
         sources.append(("truth", "truth_", p["truth_threshold"]))
     for source, prefix, threshold in sources:
         attrs = [a for a in attributes if prefix + a in scores.columns]
         if source == "classifier":
-            missing = [a for a in [target, *attributes] if prefix + a not in scores.columns]
+            missing = [a for a in [*names, *attributes] if prefix + a not in scores.columns]
             if missing:
                 raise bad_input(
                     f"scores of {dataset}/{trajectory}",
@@ -368,7 +387,7 @@ def cfrt_rows(
             try:
                 hits = cfrt_per_seed(
                     scores,
-                    target,
+                    names,
                     attrs,
                     label=label,
                     version=version,
@@ -380,7 +399,7 @@ def cfrt_rows(
                 raise bad_input(
                     f"scores of {dataset}/{trajectory}", str(err), f"complete {version} images"
                 ) from None
-            others = [a for a in attrs if a != target]
+            others = [a for a in attrs if a not in names]
             for variant in ("authors", "strict"):
                 seed = derive_seed(
                     p["seed"],
@@ -391,7 +410,7 @@ def cfrt_rows(
                 row = {
                     "dataset": dataset,
                     "trajectory": trajectory,
-                    "target": target,
+                    "target": target_label(target),
                     "source": source,
                     "version": version,
                     "variant": variant,
@@ -413,12 +432,56 @@ def cfrt_rows(
             hits = hits.assign(
                 dataset=dataset,
                 trajectory=trajectory,
-                target=target,
+                target=target_label(target),
                 source=source,
                 version=version,
             )
             per_seed.append(hits)
     return rows, per_seed
+
+
+def choose_k_rows(
+    scores: pd.DataFrame,
+    lpips: pd.DataFrame,
+    dataset: str,
+    trajectory: str,
+    target: str,
+    p: dict[str, Any],
+    attributes: list[str],
+) -> list[dict[str, Any]]:
+    """Choosing k: per swap step, CFRT of that swap alone (classifiers, both variants) and
+    LPIPS to the neutral image, with 95% CIs, and the recommended k (the latest whose CFRT
+    lower bound reaches ``k_level``, or "none")."""
+    from medtraverse.core.seeding import derive_seed
+    from medtraverse.evaluation.metrics import MetricInputError, cfrt_by_k, recommend_k
+
+    steps = sorted(int(k) for k in scores.loc[scores["kind"] == "swap", "k"].unique())
+    if not steps:
+        return []
+    keys = ["seed", "kind", "k", "frame"]
+    merged = scores.drop(columns=["lpips"], errors="ignore")
+    if len(lpips):
+        merged = merged.merge(lpips[[*keys, "lpips"]], on=keys, how="left")
+    label = p["label"] if p["label"] and f"p_{p['label']}" in scores.columns else None
+    try:
+        table = cfrt_by_k(
+            merged,
+            target_names(target),
+            [a for a in attributes if f"p_{a}" in scores.columns],
+            steps,
+            label=label,
+            threshold=p["threshold"],
+            n_boot=p["n_boot"],
+            seed=derive_seed(p["seed"], "aggregate", f"{dataset}/{trajectory}/choose_k"),
+        )
+    except MetricInputError:
+        return []  # incomplete swaps: the CFRT table already says why
+    best = recommend_k(table, p["k_level"])
+    table.insert(0, "trajectory", trajectory)
+    table.insert(0, "dataset", dataset)
+    table["k_level"] = p["k_level"]
+    table["recommended_k"] = "none" if best is None else str(best)
+    return table.to_dict("records")
 
 
 def lpips_values(
@@ -660,7 +723,7 @@ def fid_rows(
     from medtraverse.evaluation.score import read_shard_meta
 
     model = load_inception(weights, device)
-    targets_used = sorted(set(targets.values()))
+    targets_used = sorted({n for t in targets.values() for n in target_names(t)})
     real = read_manifest(manifest, targets_used, need_splits=("test",))
     real = real[real["split"] == "test"]
 
@@ -699,10 +762,9 @@ def fid_rows(
             ),
         ):
             gen_paths = list(metas.loc[sel, "abs_path"])
-            if (target, want) not in real_cache:
-                real_cache[(target, want)] = features(
-                    list(real.loc[real[target] == want, "abs_path"])
-                )
+            if (target, want) not in real_cache:  # composed: every target at want
+                chosen = (real[target_names(target)] == want).all(axis=1)
+                real_cache[(target, want)] = features(list(real.loc[chosen, "abs_path"]))
             real_f = real_cache[(target, want)]
             row = {
                 "dataset": dataset,
@@ -710,7 +772,7 @@ def fid_rows(
                 "images": images,
                 "n_generated": len(gen_paths),
                 "n_real": len(real_f),
-                "note": f"real: test split with {target}={want}",
+                "note": f"real: test split with {target_label(target)}={want}",
             }
             if len(gen_paths) < 2 or len(real_f) < 2:
                 rows.append(
@@ -787,7 +849,7 @@ def aggregate(
     device = resolve_device(p["device"])
     label = p["label"]
     tables: dict[str, list[Any]] = {
-        k: [] for k in ("cfrt", "lpips", "lpips_steps", "cosine", "prob", "fid", "per_seed")
+        k: [] for k in ("cfrt", "lpips", "lpips_steps", "cosine", "prob", "fid", "per_seed", "k")
     }
     tsne_parts, lpips_labels = [], set()
     for dataset, ds_scores in scores.groupby("dataset", sort=True):
@@ -814,6 +876,9 @@ def aggregate(
                 rows, steps = lpips_rows(values, str(dataset), traj, p, lab)
                 tables["lpips"] += rows
                 tables["lpips_steps"] += steps
+            tables["k"] += choose_k_rows(
+                traj_scores, values, str(dataset), traj, targets[traj], p, attributes
+            )
             if traj_shards:
                 cos, kept = latent_pass(traj_shards, str(dataset), traj, p["tsne_max_seeds"])
                 tables["cosine"] += cosine_rows(cos, str(dataset), traj, p)
@@ -859,6 +924,15 @@ def aggregate(
         )
     lp_note = lpips_note(lpips_labels)
     result["summary"] = summary_table(result["cfrt"], result["lpips"], p["reference"])
+    result["choose_k"] = pd.DataFrame(tables["k"])
+    if len(result["choose_k"]) and len(result["summary"]):
+        best = result["choose_k"].groupby(["dataset", "trajectory"])["recommended_k"].first()
+        result["summary"][f"recommended k (CFRT low >= {p['k_level']})"] = [
+            best.get((d, t), "none")
+            for d, t in zip(
+                result["summary"]["dataset"], result["summary"]["trajectory"], strict=True
+            )
+        ]
     with atomic_path(out, stage="aggregate") as tmp:
         tmp.mkdir(parents=True)
         write_tables(
@@ -913,6 +987,15 @@ def aggregate(
             note=lp_note,
             caption="CFRT and LPIPS for swaps and interpolations (95% bootstrap CI)",
         )
+        if len(result["choose_k"]):
+            write_tables(
+                tmp,
+                "choose_k",
+                result["choose_k"],
+                note="CFRT of the swap at k alone (classifiers); recommended k: the latest swap "
+                f"whose CFRT (authors) lower bound reaches {p['k_level']}, else none",
+                caption="CFRT and LPIPS per swap step, 95% bootstrap CI over seeds",
+            )
         result["tsne"].to_csv(tmp / "tsne.csv", index=False)
         if p["figures"]:
             shard_map = {t: s for (_, t), s in shards.items()}
