@@ -390,3 +390,18 @@ def test_filter_keeps_only_counterfactuals_the_classifier_calls_as_intended(
 
     keep = filter_calls(rows, [Calls()], ("pleural_effusion", "support_devices"), 0.5)
     assert keep.tolist() == [True, False, True, False]
+
+
+def test_stage_refuses_a_folder_it_did_not_write_and_replaces_its_own(tmp_path: Path) -> None:
+    manifest, table = _stage_inputs(tmp_path, _table(200))
+    out = tmp_path / "splits"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = ("shortcut-splits", "--manifest", str(manifest), "--table", str(table))
+    proc = run_cli(*args, "--out", str(out), "--params", '{"test_per_group": 5}')
+    assert_one_line_error(proc, str(out), before={out / "notes.txt": b"mine"})
+    fresh = tmp_path / "fresh"
+    for _ in range(2):  # a rerun replaces the stage's own earlier output
+        proc = run_cli(*args, "--out", str(fresh), "--params", '{"test_per_group": 5}')
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (fresh / "train.parquet").is_file()

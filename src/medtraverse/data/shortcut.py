@@ -357,7 +357,7 @@ def shortcut_splits(
     rows[snake(params.b)] = rows["b"]
     splits = make_splits(rows, params)
     summary = summarize(splits)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage=STAGE) as tmp:
         tmp.mkdir(parents=True)
         for name, df in splits.items():
             df.to_parquet(tmp / f"{name}.parquet", index=False)
@@ -398,5 +398,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    from medtraverse.core.io import check_output
+
+    check_output(args.out, STAGE, "folder")  # before any work; never replaces user data
     summary = shortcut_splits(args.manifest, args.table, args.out, load_params(args.params))
     print(summary.to_string(index=False))

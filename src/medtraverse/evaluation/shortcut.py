@@ -235,7 +235,7 @@ def build_arm(
     ]
     counts = rows.groupby(["split", "group"]).size()
     summary["rows"] = {f"{s}/{g}": int(n) for (s, g), n in counts.items()}
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage=STAGE) as tmp:
         tmp.mkdir(parents=True)
         for file, rel in zip(rows["file"], rows["path"], strict=True):
             if not Path(file).is_file():
@@ -339,6 +339,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    from medtraverse.core.io import check_output
+
+    check_output(args.out, STAGE, "folder")  # before any work; never replaces user data
     summary = build_arm(
         args.splits,
         args.prepared,

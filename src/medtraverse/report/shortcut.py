@@ -287,7 +287,7 @@ def shortcut_report(
     long, verdict = evaluate(tests, probs, columns, params)
     agreement = truth_agreement(tests, truth, columns) if truth else None
     wide = wide_table(long)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage=STAGE) as tmp:
         tmp.mkdir(parents=True)
         note = (
             f"A = {study['a']}, B = {study['b']}; worst-group and gap with 95% bootstrap "
@@ -321,6 +321,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    from medtraverse.core.io import check_output
+
+    check_output(args.out, STAGE, "folder")  # before any work; never replaces user data
     _, verdict = shortcut_report(
         args.splits,
         args.prepared,
