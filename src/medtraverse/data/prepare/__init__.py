@@ -13,7 +13,7 @@ import argparse
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,10 @@ import pandas as pd
 
 from medtraverse.core.errors import InputError, bad_input
 from medtraverse.core.formats import CHEXPERT_LABELS, ISIC_ARTIFACTS, snake
-from medtraverse.data.prepare.captions import check_keys, typed
+from medtraverse.core.params import parse_params, setting
 
 DATASETS = ("chexpert", "isic")
 SPLITS = ("train", "val", "test")
-COMMON_KEYS = {"resolution", "test_fraction", "val_fraction", "seed", "missing_images"}
 MISSING_IMAGES = ("fail", "skip")
 
 
@@ -34,35 +33,35 @@ MISSING_IMAGES = ("fail", "skip")
 class CommonParams:
     """Keys every dataset's prepare section shares (METHOD.md section 1 values as defaults)."""
 
-    resolution: int = 512
-    test_fraction: float = 0.15
-    val_fraction: float = 0.15
-    seed: int = 42
-    missing_images: str = "fail"
+    resolution: int = setting(512, min=8, help="images are resized once to this side")
+    test_fraction: float = setting(0.15, min=0, help="test share (< 1)")
+    val_fraction: float = setting(0.15, min=0, help="validation share of the rest (< 1)")
+    seed: int = setting(42, min=0, help="split seed (the workflow passes the global seed)")
+    missing_images: str = setting(
+        "fail", choices=MISSING_IMAGES, help="skip: list missing or unreadable images"
+    )
 
     @classmethod
     def from_params(cls, params: dict[str, Any], where: str = "params") -> CommonParams:
-        d = cls()
-        resolution = typed(params, "resolution", int, d.resolution, where)
-        if resolution < 8:
-            raise bad_input(f"{where}.resolution", f"got {resolution}", "an integer >= 8")
-        fractions = {}
+        """This class's keys of the prepare section, typed (one-line errors naming the key)."""
+        return parse_params(cls, {k: v for k, v in params.items() if k in COMMON_KEYS}, where)
+
+    def validate(self, where: str) -> None:
+        """Fractions below 1."""
         for key in ("test_fraction", "val_fraction"):
-            value = typed(params, key, float, getattr(d, key), where)
-            if not 0.0 <= value < 1.0:
-                raise bad_input(f"{where}.{key}", f"got {value}", "a number in [0, 1)")
-            fractions[key] = value
-        missing = typed(params, "missing_images", str, d.missing_images, where)
-        if missing not in MISSING_IMAGES:
-            raise bad_input(
-                f"{where}.missing_images", f"unknown policy {missing!r}", "fail or skip"
-            )
-        return cls(
-            resolution=resolution,
-            seed=typed(params, "seed", int, d.seed, where),
-            missing_images=missing,
-            **fractions,
-        )
+            if getattr(self, key) >= 1.0:
+                raise bad_input(f"{where}.{key}", f"got {getattr(self, key)}", "a number in [0, 1)")
+
+
+COMMON_KEYS = {f.name for f in fields(CommonParams)}
+
+
+def _check_known(params: dict[str, Any], specific: type, where: str) -> None:
+    """Keys of the section are the common ones and the dataset's (a typo is an error)."""
+    known = COMMON_KEYS | {f.name for f in fields(specific)}
+    for key in params:
+        if key not in known:
+            raise bad_input(f"{where}.{key}", "unknown key", f"one of {', '.join(sorted(known))}")
 
 
 def _round(x: float) -> int:
@@ -106,12 +105,10 @@ def check_params(params: dict[str, Any], where: str, dataset: str) -> None:
     """The workflow's ``prepare`` section of ``dataset``, checked as `prepare_chexpert` /
     `prepare_isic` would, before any job runs."""
     if dataset == "chexpert":
-        from medtraverse.data.prepare.chexpert import KEYS
         from medtraverse.data.prepare.chexpert import ChexpertParams as specific
     else:
-        from medtraverse.data.prepare.isic import KEYS  # type: ignore[assignment]
-        from medtraverse.data.prepare.isic import IsicParams as specific
-    check_keys(params, COMMON_KEYS | KEYS, where)
+        from medtraverse.data.prepare.isic import IsicParams as specific  # type: ignore[assignment]
+    _check_known(params, specific, where)
     CommonParams.from_params(params, where)
     specific.from_params(params, where)
 
@@ -123,7 +120,7 @@ def prepare_chexpert(
     from medtraverse.data.prepare import chexpert
 
     params = dict(params or {})
-    check_keys(params, COMMON_KEYS | chexpert.KEYS, "params")
+    _check_known(params, chexpert.ChexpertParams, "params")
     common = CommonParams.from_params(params)
     specific = chexpert.ChexpertParams.from_params(params)
     root = _check_root(root)
@@ -147,7 +144,7 @@ def prepare_isic(
     from medtraverse.data.prepare import isic
 
     params = dict(params or {})
-    check_keys(params, COMMON_KEYS | isic.KEYS, "params")
+    _check_known(params, isic.IsicParams, "params")
     common = CommonParams.from_params(params)
     specific = isic.IsicParams.from_params(params)
     root = _check_root(root)

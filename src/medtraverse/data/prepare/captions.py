@@ -12,11 +12,12 @@ unless ``artifact_text`` names it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from medtraverse.core.errors import bad_input
 from medtraverse.core.formats import CHEXPERT_LABELS, ISIC_ARTIFACTS
+from medtraverse.core.params import parse_params, setting
 
 CHEXPERT_FINDINGS: tuple[str, ...] = (
     "No Finding",
@@ -31,47 +32,6 @@ CHEXPERT_FINDINGS: tuple[str, ...] = (
 ISIC_LABELS: tuple[str, ...] = ("MEL", "NV")
 
 
-def typed(params: Mapping[str, Any], key: str, kind: Any, default: Any, where: str) -> Any:
-    """``params[key]`` checked against ``kind`` (floats accept ints, never bools), or the default.
-
-    ``kind`` may be ``"str-list"`` (a list of strings) or ``"str-dict"`` (str -> str).
-    """
-    if key not in params:
-        return default
-    value = params[key]
-    name = f"{where}.{key}"
-    if kind == "str-list":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad_input(name, f"got {value!r}", "a list of strings")
-        return list(value)
-    if kind == "str-dict":
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            raise bad_input(name, f"got {value!r}", "a mapping of strings to strings")
-        return dict(value)
-    if isinstance(value, bool) and kind is not bool:
-        raise bad_input(name, f"got {value!r}", _kind_name(kind))
-    if kind is float and isinstance(value, int):
-        return float(value)
-    if not isinstance(value, kind):
-        raise bad_input(name, f"got {value!r} ({type(value).__name__})", _kind_name(kind))
-    return value
-
-
-def _kind_name(kind: Any) -> str:
-    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(
-        kind, getattr(kind, "__name__", str(kind))
-    )
-
-
-def check_keys(params: Mapping[str, Any], known: set[str], where: str) -> None:
-    """Reject unknown keys, so a typo in the config is an error and not a silent default."""
-    for key in params:
-        if key not in known:
-            raise bad_input(f"{where}.{key}", "unknown key", f"one of {', '.join(sorted(known))}")
-
-
 def check_names(names: list[str], allowed: tuple[str, ...], where: str, kind: str) -> None:
     """Every name must be one of ``allowed`` (labels, artifacts): one line naming the stray."""
     for name in names:
@@ -83,26 +43,21 @@ def check_names(names: list[str], allowed: tuple[str, ...], where: str, kind: st
 class ChexpertCaption:
     """The CheXpert caption template (METHOD.md section 2)."""
 
-    prefix: str = "Chest X-ray showing "
-    separator: str = ", "
-    empty: str = "Normal chest X-ray with no significant findings"
-    findings: tuple[str, ...] = CHEXPERT_FINDINGS
+    prefix: str = setting("Chest X-ray showing ", help="before the findings")
+    separator: str = setting(", ", help="between findings")
+    empty: str = setting(
+        "Normal chest X-ray with no significant findings", help="caption without findings"
+    )
+    findings: tuple[str, ...] = setting(CHEXPERT_FINDINGS, help="labels named, in this order")
 
     @classmethod
     def from_params(cls, params: Any, where: str) -> ChexpertCaption:
-        if params is None:
-            return cls()
-        if not isinstance(params, dict):
-            raise bad_input(where, f"got {params!r}", "a mapping of caption template keys")
-        check_keys(params, {"prefix", "separator", "empty", "findings"}, where)
-        findings = typed(params, "findings", "str-list", list(CHEXPERT_FINDINGS), where)
-        check_names(findings, CHEXPERT_LABELS, f"{where}.findings", "label")
-        return cls(
-            prefix=typed(params, "prefix", str, cls.prefix, where),
-            separator=typed(params, "separator", str, cls.separator, where),
-            empty=typed(params, "empty", str, cls.empty, where),
-            findings=tuple(findings),
-        )
+        """Typed template (one-line errors naming the key); None: the defaults."""
+        return parse_params(cls, params, where)
+
+    def validate(self, where: str) -> None:
+        """Findings are CheXpert labels."""
+        check_names(list(self.findings), CHEXPERT_LABELS, f"{where}.findings", "label")
 
     def prompt(self, labels: Mapping[str, int]) -> str:
         """The caption of one image from its labels (after the uncertain policy)."""
@@ -114,42 +69,32 @@ class ChexpertCaption:
 class IsicCaption:
     """The ISIC caption template (METHOD.md section 2)."""
 
-    labels: Mapping[str, str] = field(
+    labels: dict[str, str] = setting(
         default_factory=lambda: {
             "MEL": "a dermoscopic image with melanoma (MEL)",
             "NV": "a dermoscopic image with melanocytic nevus (NV)",
-        }
+        },
+        help="caption of each class (MEL and NV)",
     )
-    showing: str = " showing "
-    separator: str = ", "
-    no_artifacts: str = " with no visible artifacts"
-    artifacts: tuple[str, ...] = ISIC_ARTIFACTS
-    artifact_text: Mapping[str, str] = field(default_factory=dict)
+    showing: str = setting(" showing ", help="before the artifacts")
+    separator: str = setting(", ", help="between artifacts")
+    no_artifacts: str = setting(" with no visible artifacts", help="caption tail without any")
+    artifacts: tuple[str, ...] = setting(ISIC_ARTIFACTS, help="artifacts named, in this order")
+    artifact_text: dict[str, str] = setting(default_factory=dict, help="artifact -> its words")
 
     @classmethod
     def from_params(cls, params: Any, where: str) -> IsicCaption:
-        if params is None:
-            return cls()
-        if not isinstance(params, dict):
-            raise bad_input(where, f"got {params!r}", "a mapping of caption template keys")
-        keys = {"labels", "showing", "separator", "no_artifacts", "artifacts", "artifact_text"}
-        check_keys(params, keys, where)
-        default = cls()
-        labels = typed(params, "labels", "str-dict", dict(default.labels), where)
-        if set(labels) != set(ISIC_LABELS):
-            raise bad_input(f"{where}.labels", f"got keys {sorted(labels)}", "exactly MEL and NV")
-        artifacts = typed(params, "artifacts", "str-list", list(ISIC_ARTIFACTS), where)
-        text = typed(params, "artifact_text", "str-dict", {}, where)
-        for key, names in (("artifacts", artifacts), ("artifact_text", list(text))):
-            check_names(names, ISIC_ARTIFACTS, f"{where}.{key}", "artifact")
-        return cls(
-            labels=labels,
-            showing=typed(params, "showing", str, default.showing, where),
-            separator=typed(params, "separator", str, default.separator, where),
-            no_artifacts=typed(params, "no_artifacts", str, default.no_artifacts, where),
-            artifacts=tuple(artifacts),
-            artifact_text=text,
-        )
+        """Typed template (one-line errors naming the key); None: the defaults."""
+        return parse_params(cls, params, where)
+
+    def validate(self, where: str) -> None:
+        """Labels for exactly MEL and NV; artifacts are Bissoto et al.'s."""
+        if set(self.labels) != set(ISIC_LABELS):
+            raise bad_input(
+                f"{where}.labels", f"got keys {sorted(self.labels)}", "exactly MEL and NV"
+            )
+        for key, names in (("artifacts", self.artifacts), ("artifact_text", self.artifact_text)):
+            check_names(list(names), ISIC_ARTIFACTS, f"{where}.{key}", "artifact")
 
     def text_of(self, artifact: str) -> str:
         return self.artifact_text.get(artifact, artifact.replace("_", " "))

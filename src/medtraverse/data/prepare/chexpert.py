@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,9 @@ import pandas as pd
 
 from medtraverse.core.errors import bad_input
 from medtraverse.core.formats import CHEXPERT_LABELS, CHEXPERT_META_COLUMNS, snake
-from medtraverse.data.prepare.captions import ChexpertCaption, check_names, typed
+from medtraverse.core.params import parse_params, setting
+from medtraverse.data.prepare.captions import ChexpertCaption, check_names
 
-KEYS = {"dataset_dir", "csvs", "frontal_only", "uncertain", "attributes", "caption"}
 UNCERTAIN_POLICIES = ("zeros", "ones", "drop")
 META_COLUMNS = CHEXPERT_META_COLUMNS
 REQUIRED_COLUMNS = (*META_COLUMNS, *CHEXPERT_LABELS)
@@ -31,42 +31,37 @@ _PATIENT = re.compile(r"^patient\d+$")
 class ChexpertParams:
     """The CheXpert-specific part of the prepare config section (paper/code values as defaults)."""
 
-    dataset_dir: str = "CheXpert-v1.0-small"
-    csvs: tuple[str, ...] = ("train.csv", "valid.csv")
-    frontal_only: bool = True
-    uncertain: str = "zeros"
-    attributes: tuple[str, ...] = ("Pleural Effusion", "Support Devices")
-    caption: ChexpertCaption = field(default_factory=ChexpertCaption)
+    dataset_dir: str = setting("CheXpert-v1.0-small", help="the folder under the root")
+    csvs: tuple[str, ...] = setting(("train.csv", "valid.csv"), help="tables in dataset_dir")
+    frontal_only: bool = setting(True, help="frontal views only")
+    uncertain: str = setting(
+        "zeros", choices=UNCERTAIN_POLICIES, help="CheXpert's -1.0 labels: zeros, ones or drop"
+    )
+    attributes: tuple[str, ...] = setting(
+        ("Pleural Effusion", "Support Devices"), help="labels that `drop` also considers"
+    )
+    caption: ChexpertCaption = setting(
+        default_factory=ChexpertCaption, help="the caption template (METHOD.md section 2)"
+    )
 
     @classmethod
     def from_params(cls, params: dict[str, Any], where: str = "params") -> ChexpertParams:
-        d = cls()
-        uncertain = typed(params, "uncertain", str, d.uncertain, where)
-        if uncertain not in UNCERTAIN_POLICIES:
-            raise bad_input(
-                f"{where}.uncertain",
-                f"unknown policy {uncertain!r}",
-                " or ".join(UNCERTAIN_POLICIES),
-            )
-        attributes = typed(params, "attributes", "str-list", list(d.attributes), where)
-        check_names(attributes, CHEXPERT_LABELS, f"{where}.attributes", "label")
-        csvs = typed(params, "csvs", "str-list", list(d.csvs), where)
-        if not csvs:
+        """This class's keys of the prepare section, typed (one-line errors naming the key)."""
+        return parse_params(cls, {k: v for k, v in params.items() if k in KEYS}, where)
+
+    def validate(self, where: str) -> None:
+        """Known labels, at least one table, paths inside the dataset root."""
+        check_names(list(self.attributes), CHEXPERT_LABELS, f"{where}.attributes", "label")
+        if not self.csvs:
             raise bad_input(f"{where}.csvs", "empty list", "at least one CSV name")
-        dataset_dir = typed(params, "dataset_dir", str, d.dataset_dir, where)
-        for key, value in [("dataset_dir", dataset_dir), *(("csvs", c) for c in csvs)]:
+        for key, value in [("dataset_dir", self.dataset_dir), *(("csvs", c) for c in self.csvs)]:
             if escapes(value):
                 raise bad_input(
                     f"{where}.{key}", f"{value!r} leaves the dataset root", "a relative path"
                 )
-        return cls(
-            dataset_dir=dataset_dir,
-            csvs=tuple(csvs),
-            frontal_only=typed(params, "frontal_only", bool, d.frontal_only, where),
-            uncertain=uncertain,
-            attributes=tuple(attributes),
-            caption=ChexpertCaption.from_params(params.get("caption"), f"{where}.caption"),
-        )
+
+
+KEYS = {f.name for f in fields(ChexpertParams)}
 
 
 def escapes(raw: str) -> bool:

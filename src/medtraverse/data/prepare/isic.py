@@ -17,7 +17,7 @@ splits.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,10 @@ import pandas as pd
 
 from medtraverse.core.errors import bad_input
 from medtraverse.core.formats import ISIC_ARTIFACTS, ISIC_CLASSES
-from medtraverse.data.prepare.captions import ISIC_LABELS, IsicCaption, typed
+from medtraverse.core.params import parse_params, setting
+from medtraverse.data.prepare.captions import ISIC_LABELS, IsicCaption
 from medtraverse.data.prepare.chexpert import escapes, read_table
 
-KEYS = {
-    "ground_truth",
-    "image_dir",
-    "image_ext",
-    "artifact_threshold",
-    "missing_artifacts",
-    "stratify",
-    "caption",
-    "metadata",
-}
 METADATA_FILE = "ISIC_2019_Training_Metadata.csv"
 MERGED_FILE = "ISIC2019_Artifacts_merged.csv"
 # The authors' merged table: an unnamed index, the ground truth, the bias table's old index
@@ -61,58 +52,51 @@ _SUFFIX = "_downsampled"
 class IsicParams:
     """The ISIC-specific part of the prepare config section (paper/code values as defaults)."""
 
-    ground_truth: str = "ISIC_2019_Training_GroundTruth.csv"
-    image_dir: str = "ISIC_2019_Training_Input"
-    image_ext: str = ".jpg"
-    artifact_threshold: float = 0.9
-    missing_artifacts: str = "drop"
-    stratify: bool = True
-    caption: IsicCaption = field(default_factory=IsicCaption)
+    ground_truth: str = setting(
+        "ISIC_2019_Training_GroundTruth.csv", help="the ground-truth table under the root"
+    )
+    image_dir: str = setting("ISIC_2019_Training_Input", help="the images under the root")
+    image_ext: str = setting(".jpg", help="the images' extension")
+    artifact_threshold: float = setting(
+        0.9, min=0, max=1, help="an artifact is present iff its flag or score >= this"
+    )
+    missing_artifacts: str = setting(
+        "drop", choices=MISSING_ARTIFACTS, help="images without an artifact row"
+    )
+    stratify: bool = setting(True, help="split within MEL and NV")
+    caption: IsicCaption = setting(
+        default_factory=IsicCaption, help="the caption template (METHOD.md section 2)"
+    )
     # None: the metadata table beside the ground truth when it is there; a path: required
-    metadata: str | None = None
+    metadata: str | None = setting(None, help="lesion ids for the split (beside the truth)")
 
     @classmethod
     def from_params(cls, params: dict[str, Any], where: str = "params") -> IsicParams:
-        d = cls()
-        threshold = typed(params, "artifact_threshold", float, d.artifact_threshold, where)
-        if not 0.0 <= threshold <= 1.0:
-            raise bad_input(f"{where}.artifact_threshold", f"got {threshold}", "a number in [0, 1]")
-        missing = typed(params, "missing_artifacts", str, d.missing_artifacts, where)
-        if missing not in MISSING_ARTIFACTS:
+        """This class's keys of the prepare section, typed (one-line errors naming the key)."""
+        return parse_params(cls, {k: v for k, v in params.items() if k in KEYS}, where)
+
+    def validate(self, where: str) -> None:
+        """Paths inside the dataset root, an extension, a non-empty metadata path."""
+        if self.metadata is not None and not self.metadata.strip():
             raise bad_input(
-                f"{where}.missing_artifacts", f"unknown policy {missing!r}", "drop or zeros"
+                f"{where}.metadata",
+                f"got {self.metadata!r}",
+                "a path relative to the root, or null",
             )
-        out = cls(
-            ground_truth=typed(params, "ground_truth", str, d.ground_truth, where),
-            image_dir=typed(params, "image_dir", str, d.image_dir, where),
-            image_ext=typed(params, "image_ext", str, d.image_ext, where),
-            artifact_threshold=threshold,
-            missing_artifacts=missing,
-            stratify=typed(params, "stratify", bool, d.stratify, where),
-            caption=IsicCaption.from_params(params.get("caption"), f"{where}.caption"),
-            metadata=_optional_str(params, "metadata", where),
-        )
         for key in ("ground_truth", "image_dir", "metadata"):
-            if getattr(out, key) is not None and escapes(getattr(out, key)):
+            if getattr(self, key) is not None and escapes(getattr(self, key)):
                 raise bad_input(
                     f"{where}.{key}",
-                    f"{getattr(out, key)!r} leaves the dataset root",
+                    f"{getattr(self, key)!r} leaves the dataset root",
                     "a relative path",
                 )
-        if not out.image_ext.startswith(".") or "/" in out.image_ext:
+        if not self.image_ext.startswith(".") or "/" in self.image_ext:
             raise bad_input(
-                f"{where}.image_ext", f"got {out.image_ext!r}", "an extension like '.jpg'"
+                f"{where}.image_ext", f"got {self.image_ext!r}", "an extension like '.jpg'"
             )
-        return out
 
 
-def _optional_str(params: dict[str, Any], key: str, where: str) -> str | None:
-    value = params.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise bad_input(f"{where}.{key}", f"got {value!r}", "a path relative to the root, or null")
-    return value
+KEYS = {f.name for f in fields(IsicParams)}
 
 
 def table_format(path: Path) -> str:
