@@ -23,7 +23,7 @@ import argparse
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,10 +88,6 @@ class TinyArch:
             )
         if self.text_hidden_size % self.text_heads:
             raise bad_input(f"{where}.text_heads", f"got {self.text_heads}", "a divisor of hidden")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def tiny_configs(arch: TinyArch, vocab_size: int, bos: int, eos: int) -> dict[str, dict[str, Any]]:
@@ -351,25 +347,26 @@ def _hub_model_index(repo_id: str) -> tuple[str, dict[str, Any]]:
 class BaseParams:
     """``build-base`` params: ``base`` ("tiny" or a path/hub id), ``seed``, and the tiny arch."""
 
-    base: str = "tiny"
-    seed: int = 0
-    arch: dict[str, Any] = field(default_factory=dict)
+    base: str = setting("tiny", help='"tiny", a local pipeline folder, or a hub id')
+    seed: int = setting(0, min=0, help="global seed")
+    arch: dict[str, Any] = setting(default_factory=dict, help="tiny architecture (TinyArch)")
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> BaseParams:
-        params = dict(params)
-        base = params.pop("base", "tiny")
-        seed = params.pop("seed", 0)
-        if not isinstance(base, str) or not base:
-            raise bad_input("params.base", f"got {base!r}", '"tiny" or a path or hub id')
-        if not _is_int(seed):
-            raise bad_input("params.seed", f"got {seed!r}", "an integer")
-        if base == "tiny":
-            TinyArch.from_dict(params)  # validate now: one line, nothing written
-        elif params:
-            key = sorted(params)[0]
-            raise bad_input(f"params.{key}", "architecture keys apply only to base 'tiny'", "none")
-        return cls(base=base, seed=seed, arch=params)
+    def from_dict(cls, params: dict[str, Any], where: str = "params") -> BaseParams:
+        """``base`` and ``seed`` typed; the other keys are the tiny architecture (checked now:
+        one line, nothing written)."""
+        arch = dict(params)
+        head = {key: arch.pop(key) for key in ("base", "seed") if key in arch}
+        out = parse_params(cls, head, where)
+        if not out.base:
+            raise bad_input(f"{where}.base", "got ''", '"tiny" or a path or hub id')
+        if out.base == "tiny":
+            TinyArch.from_dict(arch, where)
+        elif arch:
+            key = sorted(arch)[0]
+            raise bad_input(f"{where}.{key}", "architecture keys apply only to base 'tiny'", "none")
+        out.arch = arch
+        return out
 
 
 def build_base(out: str | Path, params: dict[str, Any]) -> Path:
