@@ -80,3 +80,36 @@ rule invert_shard:
         " --dataset {wildcards.dataset} --manifest {input.data:q}"
         " --start {params.start} --count {params.image_count}"
         " --params {params.invert:q} > {log:q} 2>&1"
+
+
+def traverse_real_params(wildcards):
+    """The dataset's sampler settings and the trajectory's attribute prompt; no neutral prompt:
+    each image's own inversion prompt is its neutral one (the neutral run is its reconstruction).
+    """
+    params = dict(dataset_config(wildcards)["traverse"].get("params", {}))
+    params.pop("neutral", None)
+    params.update(attribute=trajectory(wildcards)["attribute"])
+    return as_json(params)
+
+
+rule traverse_real_shard:
+    input:
+        model=f"{RESULTS}/models/{{dataset}}/pipeline",
+        inversion=f"{RESULTS}/inversions/{{dataset}}/shard-{{shard}}",
+        src=stage_code("traverse-real"),
+    output:
+        directory(f"{RESULTS}/real/{{dataset}}/{{trajectory}}/shard-{{shard}}"),
+    log:
+        f"{LOGS}/traverse_real_shard/{{dataset}}/{{trajectory}}/{{shard}}.log",
+    benchmark:
+        f"{BENCH}/traverse_real_shard/{{dataset}}/{{trajectory}}/{{shard}}.tsv"
+    conda:
+        "../../envs/medtraverse.yaml"
+    resources:
+        gpu=1,
+    params:
+        traverse=traverse_real_params,
+    shell:
+        "medtraverse traverse-real --model {input.model:q} --inversion {input.inversion:q}"
+        " --out {output:q} --dataset {wildcards.dataset} --trajectory {wildcards.trajectory}"
+        " --params {params.traverse:q} > {log:q} 2>&1"
