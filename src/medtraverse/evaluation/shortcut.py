@@ -288,8 +288,9 @@ def group_metrics(y: np.ndarray, p: np.ndarray, groups: np.ndarray, threshold: f
     per = {g: float(correct[groups == g].mean()) for g in GROUPS if (groups == g).any()}
     out.update({f"acc_{g}": v for g, v in per.items()})
     out["worst_group"] = min(per.values()) if per else float("nan")
-    out["majority"] = float(correct[np.isin(groups, MAJORITY)].mean())
-    out["mixed"] = float(correct[np.isin(groups, MIXED)].mean())
+    for key, names in (("majority", MAJORITY), ("mixed", MIXED)):
+        part = correct[np.isin(groups, names)]
+        out[key] = float(part.mean()) if part.size else float("nan")
     out["gap"] = out["mixed"] - out["majority"]
     return out
 
