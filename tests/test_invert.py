@@ -213,15 +213,19 @@ def test_kill_9_resumes_to_identical_bytes(model_dir: Path, tmp_path: Path) -> N
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "finished before it could be killed"
     assert not out.exists() and len(list(scratch.glob("images-*"))) in (1, 2)
-    done = {p.name for p in scratch.glob("images-*")}
+    # mark the finished block: a resume that reuses it carries the mark into the output
+    first = sorted(scratch.glob("images-*"))[0] / "images" / "img00"
+    mark = (first / "recon.png").read_bytes()
+    (first / "real.png").write_bytes(mark)
     assert run_cli(*_cli_args(model_dir, folder, out)).returncode == 0
     assert not scratch.exists()
     files = sorted(p.relative_to(clean) for p in clean.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    marked = Path("images/img00/real.png")
+    assert (out / marked).read_bytes() == mark  # the killed run's block was reused
     for rel in files:
-        if rel.name != "provenance.json":  # its clock differs
+        if rel.name != "provenance.json" and rel != marked:  # provenance: its clock differs
             assert (clean / rel).read_bytes() == (out / rel).read_bytes(), rel
-    assert done  # at least the first block came from the killed run
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -291,3 +295,18 @@ def test_traversal_from_real_images(pipe: Any, tmp_path: Path) -> None:  # noqa:
             params={"steps": 5, "swap_steps": [2]},
             **kw,
         )
+
+
+def test_traverse_real_cli_bad_input_is_one_line(model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    out = tmp_path / "real"
+    base = ["traverse-real", "--model", str(model_dir), "--out", str(out), "--dataset", "chexpert"]
+    base += [
+        "--trajectory",
+        "support_devices",
+        "--attribute",
+        "Chest X-ray showing Support Devices",
+    ]
+    missing = run_cli(*base, "--inversion", str(tmp_path / "nope"))
+    assert_one_line_error(missing, "has no inversion.parquet", untouched=[out])
+    no_attr = run_cli(*base[:-2], "--inversion", str(tmp_path))
+    assert_one_line_error(no_attr, "--attribute", untouched=[out])

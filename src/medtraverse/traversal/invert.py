@@ -150,6 +150,11 @@ class Inverter:
         self.scheduler.set_timesteps(params.steps, device=self.device)
         self.vae_scale_factor = int(pipe.vae_scale_factor)
         self.height = int(self.unet.config.sample_size) * self.vae_scale_factor
+        if self.device.type == "cuda":  # the traversal engine's kernels, so its neutral run
+            from diffusers.models.attention_processor import AttnProcessor2_0  # replays ours
+
+            self.unet.set_attn_processor(AttnProcessor2_0())
+            self.unet.to(memory_format=torch.channels_last)
 
     # -- pieces ----------------------------------------------------------------------------
 
