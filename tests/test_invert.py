@@ -310,3 +310,42 @@ def test_traverse_real_cli_bad_input_is_one_line(model_dir: Path, tmp_path: Path
     assert_one_line_error(missing, "has no inversion.parquet", untouched=[out])
     no_attr = run_cli(*base[:-2], "--inversion", str(tmp_path))
     assert_one_line_error(no_attr, "--attribute", untouched=[out])
+
+
+def test_real_shard_resumes_finished_blocks(pipe: Any, tmp_path: Path) -> None:  # noqa: F811
+    from medtraverse.traversal.real import traverse_images_shard
+
+    folder = write_images(tmp_path / "imgs", 3)
+    inv = invert_shard(
+        "tiny",
+        tmp_path / "inv",
+        dataset="chexpert",
+        images=folder,
+        params={**TINY, "inner_steps": 1, "prompt": PROMPT},
+        pipe=pipe,
+    )
+    kw = {
+        "inversion": inv,
+        "dataset": "chexpert",
+        "trajectory": "support_devices",
+        "attribute": "Chest X-ray showing Support Devices",
+        "params": {"steps": 10, "swap_steps": [4], "bezier_frames": 2, "batch_size": 2},
+        "pipe": pipe,
+    }
+    clean = traverse_images_shard("tiny", tmp_path / "clean", **kw)
+
+    def crash(block: list[int]) -> None:
+        raise RuntimeError("killed")
+
+    out = tmp_path / "real"
+    with pytest.raises(RuntimeError):
+        traverse_images_shard("tiny", out, on_block_done=crash, **kw)
+    assert not out.exists() and len(list((tmp_path / "real.partial").glob("images-*"))) == 1
+    ran: list[list[int]] = []
+    traverse_images_shard("tiny", out, on_block_done=ran.append, **kw)
+    assert ran == [[2]]  # only the unfinished block
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(clean / "meta.parquet"), pd.read_parquet(out / "meta.parquet")
+    )
+    for rel in pd.read_parquet(out / "meta.parquet")["path"]:
+        assert (clean / rel).read_bytes() == (out / rel).read_bytes(), rel
