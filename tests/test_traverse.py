@@ -504,3 +504,15 @@ def test_auto_batching_is_exact_at_one_seed_per_batch_and_fast_above() -> None:
     assert TraverseParams.from_dict({"batch_size": 8, "batching": "branch"}).resolved_batching == (
         "branch"
     )
+
+
+def test_a_swap_at_the_last_step_is_saved_and_equals_the_neutral_run(
+    pipe: Any, tmp_path: Path
+) -> None:
+    # k = steps - 1: no step uses the attribute, so the branch shares the neutral run's tensor;
+    # both are saved (safetensors refuses shared storage) and equal (wavefront, batch 2)
+    params = {"swap_steps": [2, 5], "save_images": False, "bezier_frames": 0}
+    out = run(pipe, tmp_path / "shard-0000", 0, 2, params=params)
+    lat = load_file(str(out / "latents.safetensors"))
+    assert torch.equal(lat["0/k5"], lat["0/neutral"]) and torch.equal(lat["1/k5"], lat["1/neutral"])
+    assert not torch.equal(lat["0/k2"], lat["0/neutral"])

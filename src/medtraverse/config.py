@@ -36,6 +36,7 @@ STAGE_SETTINGS: dict[str, str] = {
     "classifiers.params": "medtraverse.evaluation.classify:ClassifierParams",
     "score": "medtraverse.evaluation.score:ScoreParams",
     "metrics": "medtraverse.report.aggregate:MetricsParams",
+    "invert.params": "medtraverse.traversal.invert:InvertParams",
 }
 
 # Keys of a stage section that the workflow reads itself (not passed to the stage).
@@ -57,6 +58,7 @@ class Threads:
     train_classifier: int = setting(1, min=1, help="one classifier")
     score: int = setting(1, min=1, help="scoring one shard")
     aggregate: int = setting(1, min=1, help="metrics, LPIPS, FID, t-SNE")
+    invert: int = setting(2, min=1, help="one inversion shard (null-text: a backward pass a step)")
 
 
 def _key(path: Any) -> str:
@@ -160,12 +162,14 @@ def check_attributes(config: Mapping[str, Any]) -> None:
             predicted.update(attrs)
         offered = ", ".join(sorted(predicted)) or "(no classifiers.models)"
         for name, traj in ds["traverse"]["trajectories"].items():
-            if traj["target"] not in predicted:
-                raise bad_input(
-                    f"{where}.traverse.trajectories.{name}.target",
-                    f"got {traj['target']!r}, which no classifier predicts",
-                    f"an attribute of classifiers.models: {offered}",
-                )
+            targets = traj["target"] if isinstance(traj["target"], list) else [traj["target"]]
+            for target in targets:  # a composed trajectory names several
+                if target not in predicted:
+                    raise bad_input(
+                        f"{where}.traverse.trajectories.{name}.target",
+                        f"got {target!r}, which no classifier predicts",
+                        f"an attribute of classifiers.models: {offered}",
+                    )
         for i, attr in enumerate((ds.get("metrics") or {}).get("attributes") or []):
             if attr not in predicted:
                 raise bad_input(
@@ -217,6 +221,43 @@ def threads(config: Mapping[str, Any]) -> Threads:
     return parse_params(Threads, config.get("threads"), "threads")
 
 
+# The shortcut study's sub-sections and the stage settings each becomes (shortcut_helpers.smk).
+SHORTCUT_SETTINGS: dict[str, str] = {
+    "splits": "medtraverse.data.shortcut:SplitParams",
+    "report": "medtraverse.report.shortcut:ReportParams",
+    "classifier": "medtraverse.evaluation.classify:ClassifierParams",
+    "counterfactuals.traverse": "medtraverse.traversal.engine:TraverseParams",
+}
+SHORTCUT_ARMS = ("confounded", "augmented", "balanced", "counterfactual")
+
+
+def check_shortcut(config: Mapping[str, Any]) -> None:
+    """The ``shortcut:`` section (when configured): each sub-section by its stage's settings,
+    the counterfactual settings by the arm's, and the arms by name."""
+    study = config.get("shortcut")
+    if not study:
+        return
+    from medtraverse.evaluation.shortcut import ArmParams
+
+    seed = config.get("seed", 0)
+    for section, target in SHORTCUT_SETTINGS.items():
+        raw = _get(study, section)
+        if raw is None:
+            continue
+        extra = {"seed": seed} if section != "counterfactuals.traverse" else {}
+        parse_params(_resolve(target), {**extra, **raw}, f"shortcut.{section}")  # type: ignore[arg-type]
+    cf = study.get("counterfactuals", {})
+    arm_keys = {f.name for f in dataclasses.fields(ArmParams)} - {"seed"}
+    parse_params(
+        ArmParams, {k: v for k, v in cf.items() if k in arm_keys}, "shortcut.counterfactuals"
+    )
+    for i, arm in enumerate(study.get("arms", [])):
+        if arm not in SHORTCUT_ARMS:
+            raise bad_input(
+                f"shortcut.arms[{i}]", f"got {arm!r}", f"one of {', '.join(SHORTCUT_ARMS)}"
+            )
+
+
 def check_config(config: dict[str, Any], schema_path: str | Path) -> list[str]:
     """Raise one InputError line for the first problem of ``config``: its schema, every stage
     section, then across sections. A real source's missing tables are returned as notes (a dry
@@ -224,6 +265,7 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> list[str]:
     _schema_check(config, schema_path)
     threads(config)
     check_stage_sections(config)
+    check_shortcut(config)
     check_attributes(config)
     return check_sources(config, dry_run=True)
 

@@ -289,6 +289,53 @@ def shard_dirs(dataset, trajectory_name):
     ]
 
 
+# --- real images: inversion shards over the prepared split's images -------------------------
+
+
+def invert_config(dataset):
+    return config["datasets"][dataset].get("invert", {})
+
+
+def invert_shards(dataset):
+    """Shard ids of a dataset's inversion: contiguous image ranges of `shard_size`."""
+    inv = invert_config(dataset)
+    if not inv:
+        return []
+    return [
+        f"{i:04d}" for i in range(math.ceil(inv["count"] / inv.get("shard_size", 16)))
+    ]
+
+
+def invert_range(wildcards):
+    """(first row, number of rows) of the job's shard in the sorted selection."""
+    inv = invert_config(wildcards.dataset)
+    size = inv.get("shard_size", 16)
+    first = int(wildcards.shard) * size
+    return first, min(size, inv["count"] - first)
+
+
+def invert_params(wildcards):
+    return as_json(invert_config(wildcards.dataset).get("params", {}))
+
+
+def invert_start(wildcards):
+    return invert_range(wildcards)[0]
+
+
+def invert_count(wildcards):
+    return invert_range(wildcards)[1]
+
+
+def traverse_real_params(wildcards):
+    """The dataset's sampler settings and the trajectory's attribute prompt; no neutral prompt:
+    each image's own inversion prompt is its neutral one (the neutral run is its reconstruction).
+    """
+    params = dict(dataset_config(wildcards)["traverse"].get("params", {}))
+    params.pop("neutral", None)
+    params.update(attribute=trajectory(wildcards)["attribute"])
+    return as_json(params)
+
+
 # --- evaluation -------------------------------------------------------------------------------
 
 

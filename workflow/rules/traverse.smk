@@ -30,32 +30,6 @@ rule traverse_shard:
 # --- real images: inversion, one job per shard of the prepared split's images ----------------
 
 
-def invert_config(dataset):
-    return config["datasets"][dataset].get("invert", {})
-
-
-def invert_shards(dataset):
-    """Shard ids of a dataset's inversion: contiguous image ranges of `shard_size`."""
-    inv = invert_config(dataset)
-    if not inv:
-        return []
-    return [
-        f"{i:04d}" for i in range(math.ceil(inv["count"] / inv.get("shard_size", 16)))
-    ]
-
-
-def invert_range(wildcards):
-    """(first row, number of rows) of the job's shard in the sorted selection."""
-    inv = invert_config(wildcards.dataset)
-    size = inv.get("shard_size", 16)
-    first = int(wildcards.shard) * size
-    return first, min(size, inv["count"] - first)
-
-
-def invert_params(wildcards):
-    return as_json(invert_config(wildcards.dataset).get("params", {}))
-
-
 rule invert_shard:
     input:
         model=f"{RESULTS}/models/{{dataset}}/pipeline",
@@ -69,27 +43,18 @@ rule invert_shard:
         f"{BENCH}/invert_shard/{{dataset}}/{{shard}}.tsv"
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("invert")
     resources:
         gpu=1,
     params:
         invert=invert_params,
-        start=lambda wildcards: invert_range(wildcards)[0],
-        image_count=lambda wildcards: invert_range(wildcards)[1],
+        start=invert_start,
+        image_count=invert_count,
     shell:
         "medtraverse invert --model {input.model:q} --out {output:q}"
         " --dataset {wildcards.dataset} --manifest {input.data:q}"
         " --start {params.start} --count {params.image_count}"
-        " --params {params.invert:q} > {log:q} 2>&1"
-
-
-def traverse_real_params(wildcards):
-    """The dataset's sampler settings and the trajectory's attribute prompt; no neutral prompt:
-    each image's own inversion prompt is its neutral one (the neutral run is its reconstruction).
-    """
-    params = dict(dataset_config(wildcards)["traverse"].get("params", {}))
-    params.pop("neutral", None)
-    params.update(attribute=trajectory(wildcards)["attribute"])
-    return as_json(params)
+        " --params {params.invert:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule traverse_real_shard:
@@ -105,6 +70,7 @@ rule traverse_real_shard:
         f"{BENCH}/traverse_real_shard/{{dataset}}/{{trajectory}}/{{shard}}.tsv"
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("traverse")
     resources:
         gpu=1,
     params:
@@ -112,4 +78,4 @@ rule traverse_real_shard:
     shell:
         "medtraverse traverse-real --model {input.model:q} --inversion {input.inversion:q}"
         " --out {output:q} --dataset {wildcards.dataset} --trajectory {wildcards.trajectory}"
-        " --params {params.traverse:q} > {log:q} 2>&1"
+        " --params {params.traverse:q} --threads {threads} > {log:q} 2>&1"

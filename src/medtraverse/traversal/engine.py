@@ -694,7 +694,9 @@ def _run_block(
     with atomic_path(dest) as tmp:
         tmp.mkdir()
         tensors = {
-            latent_key(seed, key): lat[key][j].contiguous()
+            # clone: a swap at the last step shares the neutral run's storage, which
+            # safetensors refuses to save twice
+            latent_key(seed, key): lat[key][j].clone(memory_format=torch.contiguous_format)
             for j, seed in enumerate(block)
             for key in keys
         }
