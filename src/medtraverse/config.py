@@ -37,6 +37,7 @@ STAGE_SETTINGS: dict[str, str] = {
     "score": "medtraverse.evaluation.score:ScoreParams",
     "metrics": "medtraverse.report.aggregate:MetricsParams",
     "invert.params": "medtraverse.traversal.invert:InvertParams",
+    "annotate": "medtraverse.evaluation.artifacts:AnnotateParams",
 }
 
 # Keys of a stage section that the workflow reads itself (not passed to the stage).
