@@ -8,6 +8,7 @@ source file there without touching the checkout.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tests.workflow_utils import BIN, ROOT, env, job_counts
+from tests.workflow_utils import BIN, ROOT, dry_run, env, snakemake
 
 pytestmark = pytest.mark.slow
 SMOKE = "config/smoke.yaml"
@@ -42,14 +43,11 @@ def _copy_project(dest: Path) -> Path:
 
 
 def _run(workdir: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "snakemake"), "-s", str(workdir / "Snakefile"), "-d", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=timeout)
+    return snakemake(*args, workdir=workdir, timeout=timeout, snakefile=workdir / "Snakefile")
 
 
 def _plan(workdir: Path, *args: str, config: str = SMOKE) -> dict[str, int]:
-    proc = _run(workdir, "-n", "--configfile", config, *args, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return job_counts(proc.stdout + proc.stderr)
+    return dry_run(config, workdir, *args, snakefile=workdir / "Snakefile")
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +71,18 @@ def test_local_run_writes_every_stage(smoke: Path) -> None:
     assert len(meta) == 2 * (1 + 4 + 6)
     scores = pd.read_parquet(run / "scores/chexpert/support_devices/shard-0001.parquet")
     assert {"p_support_devices", "p_pleural_effusion"} <= set(scores.columns)
-    assert (run / "metrics/chexpert").is_dir()
+    config = yaml.safe_load((smoke / SMOKE).read_text())["datasets"]["chexpert"]
+    seeds = config["traverse"]["seeds"]["count"]
+    cfrt = pd.read_csv(run / "metrics/chexpert/cfrt.csv")
+    assert set(cfrt["trajectory"]) == set(config["traverse"]["trajectories"])
+    assert set(cfrt["n_seeds"]) == {seeds}, cfrt[["trajectory", "n_seeds"]]
+    per_seed = pd.read_parquet(run / "metrics/chexpert/cfrt_per_seed.parquet")
+    assert sorted(set(per_seed["seed"])) == list(range(seeds))
     assert not list(run.rglob("*.partial")), "scratch folders must be gone after a complete run"
 
 
 def test_nothing_to_do_after_a_complete_run(smoke: Path) -> None:
+    # dry_run fails unless Snakemake said "Nothing to be done": an unparsed table is not {}
     assert _plan(smoke) == {}
 
 
@@ -104,14 +109,17 @@ def test_swap_steps_change_reruns_traversal_not_finetuning(smoke: Path) -> None:
     assert jobs["traverse_shard"] == 4
 
 
-def test_editing_a_metrics_module_reruns_only_metrics(smoke: Path) -> None:
-    module = smoke / "src/medtraverse/metrics.py"
+def test_editing_a_report_module_reruns_only_metrics(smoke: Path) -> None:
+    # report/ is imported by aggregation alone (evaluation/metrics.py also runs in scoring and
+    # classifier training, so editing it reruns those too: see tests/test_reruns.py)
+    module = smoke / "src/medtraverse/report/figures.py"
+    assert module.is_file()  # an edit to a missing path would create a file and prove nothing
     module.write_text(module.read_text() + "\n# an edit\n")
     try:
         jobs = _plan(smoke)
     finally:
         module.write_text(module.read_text().removesuffix("\n# an edit\n"))
-        stamp = (smoke / "src/medtraverse/aggregate.py").stat().st_mtime
+        stamp = (smoke / "src/medtraverse/core/errors.py").stat().st_mtime
         os.utime(module, (stamp, stamp))
     assert set(jobs) == {"all", "aggregate_metrics"}
 
@@ -119,8 +127,8 @@ def test_editing_a_metrics_module_reruns_only_metrics(smoke: Path) -> None:
 def test_new_trajectory_adds_only_its_own_jobs(smoke: Path) -> None:
     cardiomegaly = {
         "neutral": "Normal chest X-ray with no significant findings",
-        "attribute": "Chest X-ray showing Cardiomegaly",
-        "target": "cardiomegaly",
+        "attribute": "Chest X-ray showing pleural fluid",  # a new wording, a known target
+        "target": "pleural_effusion",
     }
     config = _variant(smoke, "plus", lambda d: d["traverse"]["trajectories"].update(c=cardiomegaly))
     jobs = _plan(smoke, config=config)
@@ -143,6 +151,101 @@ def test_provenance_chain_reaches_the_raw_data(smoke: Path) -> None:
     assert {"aggregate", "score", "traverse", "finetune", "prepare", "synth"} <= stages
 
 
+# Output files that are not artifacts: Snakemake's logs and benchmarks, and the records.
+# Job logs and benchmarks, and fine-tuning's resume state (scratch, not a result)
+NOT_ARTIFACTS = ("logs/", "benchmarks/", "models/chexpert/checkpoints/")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tree_sha(folder: Path) -> str:
+    """A folder's checksum as the record format defines it (relative names and file checksums,
+    records excluded), computed here from hashlib."""
+    digest = hashlib.sha256()
+    for item in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = item.relative_to(folder).as_posix()
+        if rel != "provenance.json" and not rel.endswith(".prov.json"):
+            digest.update(rel.encode() + b"\0" + _sha(item).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _record_of(path: Path, run: Path) -> Path | None:
+    """The record covering ``path``: its own, or that of the nearest recorded folder above."""
+    for candidate in [path, *path.parents]:
+        if candidate == run.parent:
+            return None
+        own = candidate / "provenance.json" if candidate.is_dir() else None
+        beside = candidate.with_name(candidate.name + ".prov.json")
+        for rec in (own, beside):
+            if rec is not None and rec.is_file() and rec != path:
+                return rec
+    return None
+
+
+def test_provenance_records_cover_every_artifact_with_true_checksums(smoke: Path) -> None:
+    run = smoke / RUN
+    files = [p for p in run.rglob("*") if p.is_file()]
+    records = [p for p in files if p.name == "provenance.json" or p.name.endswith(".prov.json")]
+    uncovered = [
+        p.relative_to(run).as_posix()
+        for p in files
+        if p not in records
+        and not p.relative_to(run).as_posix().startswith(NOT_ARTIFACTS)
+        and p.name != "report.html"
+        and _record_of(p, run) is None
+    ]
+    assert not uncovered, uncovered[:20]
+    stages = set()
+    for rec_file in records:
+        rec = json.loads(rec_file.read_text())
+        where = rec_file.relative_to(run).as_posix()
+        stages.add(rec["stage"])
+        artifact = Path(rec["artifact"])
+        artifact = artifact if artifact.is_absolute() else smoke / artifact
+        assert artifact.exists(), where
+        if artifact.is_file():
+            assert rec["sha256"] == _sha(artifact), where
+        canonical = json.dumps(rec["params"], sort_keys=True, separators=(",", ":"), default=str)
+        assert rec["params_sha256"] == hashlib.sha256(canonical.encode()).hexdigest(), where
+        assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", rec["git_commit"] or ""), (where, rec)
+        for package in ("python", "medtraverse", "numpy", "pandas"):
+            assert rec["versions"].get(package), (where, package)
+        assert rec["device"].get("host") and rec["device"].get("platform"), where
+        for entry in rec["inputs"]:
+            path = Path(entry["path"])
+            path = path if path.is_absolute() else smoke / path
+            assert not entry.get("missing") and path.exists(), (where, entry["path"])
+            if path.is_file():
+                assert entry["sha256"] == _sha(path), (where, entry["path"])
+            elif entry["hashed"] == "record":
+                assert entry["sha256"] == _sha(path / "provenance.json"), (where, entry["path"])
+            else:
+                assert entry["sha256"] == _tree_sha(path), (where, entry["path"])
+    assert {"synth", "prepare", "finetune", "traverse", "score", "aggregate"} <= stages
+
+
+def test_provenance_chain_from_metrics_reaches_the_raw_tables(smoke: Path) -> None:
+    metrics = smoke / RUN / "metrics/chexpert"
+    proc = subprocess.run(
+        [str(BIN / "medtraverse"), "provenance", "--json", str(metrics)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=smoke,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    chain = json.loads(proc.stdout)
+    prepare = [r for r in chain if r["stage"] == "prepare"]
+    assert prepare, [r["stage"] for r in chain]
+    raw = [e["path"] for r in prepare for e in r["inputs"] if e["path"].endswith(".csv")]
+    assert raw, prepare[0]["inputs"]  # the twin's CheXpert tables, by checksum
+    synth = [r for r in chain if r["stage"] == "synth"]
+    assert synth and max(r["depth"] for r in synth) > max(r["depth"] for r in prepare)
+
+
 def test_report_is_self_contained(smoke: Path) -> None:
     report = smoke / RUN / "report.html"
     proc = _run(smoke, "--configfile", SMOKE, "--report", str(report), timeout=600)
@@ -155,7 +258,7 @@ def _files(root: Path, pattern: str) -> dict[str, Path]:
     return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob(pattern))}
 
 
-def _sacct_states(job_ids: list[str], timeout: float = 60) -> dict[str, str]:
+def _sacct_states(job_ids: list[str], timeout: float = 900) -> dict[str, str]:
     """Final sacct state per job, waiting out accounting's lag."""
     deadline = time.monotonic() + timeout
     while True:

@@ -562,6 +562,10 @@ def finetune(
         provenance.record(
             out, stage="finetune", params=params, inputs=sources, seeds=spec.seed, extra=summary
         )
+        if loss_csv.is_file():  # the training curve is a result too: checksummed beside it
+            provenance.record(
+                loss_csv, stage="finetune", params=params, inputs=sources, seeds=spec.seed
+            )
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
