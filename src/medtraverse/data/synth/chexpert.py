@@ -267,6 +267,17 @@ def _draw_devices(
             draw.paint(img, draw.inside(dist, grid.px / frame.scale), dev["level"])
 
 
+def _canvas(
+    a: dict[str, float], grid: draw.Grid, frame: draw.Frame
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]:
+    """What both views start from: body coordinates, the soft anatomical edge width, the tissue
+    level (brighter towards the feet) and a background-filled image."""
+    X, Y = frame.coords(grid)
+    edge = max(grid.px / frame.scale, 0.05)  # anatomical edges are soft
+    tissue = a["tissue"] * (1.0 + 0.06 * Y)
+    return X, Y, edge, tissue, np.full(X.shape, a["background"])
+
+
 def _frontal(
     a: dict[str, float],
     study: dict[str, Any],
@@ -275,10 +286,7 @@ def _frontal(
     frame: draw.Frame,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    X, Y = frame.coords(grid)
-    edge = max(grid.px / frame.scale, 0.05)  # anatomical edges are soft
-    tissue = a["tissue"] * (1.0 + 0.06 * Y)
-    img = np.full(X.shape, a["background"])
+    X, Y, edge, tissue, img = _canvas(a, grid, frame)
     bw = a["body_half_width"]
     r = ((np.abs(X) / bw) ** 4 + (np.abs(Y - 0.35) / 1.3) ** 4) ** 0.25
     body = np.maximum(
@@ -341,10 +349,7 @@ def _lateral(
     frame: draw.Frame,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    X, Y = frame.coords(grid)
-    edge = max(grid.px / frame.scale, 0.05)
-    tissue = a["tissue"] * (1.0 + 0.06 * Y)
-    img = np.full(X.shape, a["background"])
+    X, Y, edge, tissue, img = _canvas(a, grid, frame)
     half_depth = 0.85 * a["body_half_width"]
     body = np.maximum(
         draw.inside(draw.ellipse_dist(X, Y, 0.0, 0.3, half_depth, 1.35), edge),
@@ -424,6 +429,34 @@ def _views(
             yield s, 2, True, study
 
 
+def _add_views(
+    plan: list[dict[str, Any]],
+    limit: int,
+    split: str,
+    pid: int,
+    key: str,
+    patient: dict[str, Any],
+    views: Any,
+) -> None:
+    """Append one patient's ``views`` (from :func:`_views`) to ``plan`` until it holds ``limit``
+    images; the views past the limit are never drawn."""
+    for s, v, lateral, study in views:
+        if len(plan) >= limit:
+            break
+        plan.append(
+            {
+                "split": split,
+                "pid": pid,
+                "key": key,
+                "study": s,
+                "view": v,
+                "lateral": lateral,
+                "patient": patient,
+                "data": study,
+            }
+        )
+
+
 def _plan(n: int, seed: int, opts: ChexpertOptions) -> list[dict[str, Any]]:
     """Every image to write, in order. Train patients are drawn one by one until ``n`` minus the
     valid share is reached, so the first images do not depend on ``n``."""
@@ -436,41 +469,15 @@ def _plan(n: int, seed: int, opts: ChexpertOptions) -> list[dict[str, Any]]:
         prng = np.random.default_rng(derive_seed(seed, STAGE, f"train/patient{pid}"))
         patient = _patient(prng)
         n_studies = int(prng.choice(STUDIES_PER_PATIENT[0], p=STUDIES_PER_PATIENT[1]))
-        for s, v, lateral, study in _views("train", pid, patient, n_studies, seed, opts):
-            if len(plan) >= n_train:
-                break
-            plan.append(
-                {
-                    "split": "train",
-                    "pid": pid,
-                    "key": f"train/patient{pid}",
-                    "study": s,
-                    "view": v,
-                    "lateral": lateral,
-                    "patient": patient,
-                    "data": study,
-                }
-            )
+        views = _views("train", pid, patient, n_studies, seed, opts)
+        _add_views(plan, n_train, "train", pid, f"train/patient{pid}", patient, views)
     j = 0
     while len(plan) < n:
         j += 1
         prng = np.random.default_rng(derive_seed(seed, STAGE, f"valid/{j}"))
         patient = _patient(prng)
-        for s, v, lateral, study in _views("valid", j, patient, 1, seed, opts):
-            if len(plan) >= n:
-                break
-            plan.append(
-                {
-                    "split": "valid",
-                    "pid": pid + j,
-                    "key": f"valid/{j}",
-                    "study": s,
-                    "view": v,
-                    "lateral": lateral,
-                    "patient": patient,
-                    "data": study,
-                }
-            )
+        views = _views("valid", j, patient, 1, seed, opts)
+        _add_views(plan, n, "valid", pid + j, f"valid/{j}", patient, views)
     return plan
 
 
