@@ -66,7 +66,7 @@ def annotate_artifacts(
     from medtraverse.core import provenance
     from medtraverse.core.io import atomic_path
     from medtraverse.core.tables import write_tables
-    from medtraverse.data.prepare import split_groups
+    from medtraverse.data.prepare import split_rows
     from medtraverse.data.prepare.images import ResizeTask, resize_all
     from medtraverse.data.prepare.isic import (
         MERGED_FILE,
@@ -114,14 +114,7 @@ def annotate_artifacts(
             "at least 10 (ids matched on their stem)",
         )
     labelled = rows.loc[annotated].reset_index(drop=True)
-    assignment = split_groups(
-        labelled["group"].tolist(),
-        labelled["stratum"].tolist(),
-        p.holdout_fraction,
-        p.val_fraction,
-        p.seed,
-    )
-    labelled["split"] = labelled["group"].map(assignment)
+    labelled["split"] = split_rows(labelled, p.holdout_fraction, p.val_fraction, p.seed)
     if (labelled["split"] == "test").sum() == 0 or (labelled["split"] == "train").sum() == 0:
         raise bad_input(
             "params.holdout_fraction",

@@ -64,6 +64,15 @@ def _check_known(params: dict[str, Any], specific: type, where: str) -> None:
             raise bad_input(f"{where}.{key}", "unknown key", f"one of {', '.join(sorted(known))}")
 
 
+def _parse_section(
+    params: dict[str, Any], specific: type, where: str = "params"
+) -> tuple[CommonParams, Any]:
+    """A dataset's prepare section: unknown keys refused first, then the common keys and the
+    dataset's own (``specific``) parsed, each error one line naming ``where``."""
+    _check_known(params, specific, where)
+    return CommonParams.from_params(params, where), specific.from_params(params, where)
+
+
 def _round(x: float) -> int:
     return int(math.floor(x + 0.5))
 
@@ -101,6 +110,17 @@ def split_groups(
     return out
 
 
+def split_rows(
+    rows: pd.DataFrame, test_fraction: float, val_fraction: float, seed: int
+) -> pd.Series:
+    """Each row's split, the one :func:`split_groups` gives its ``group`` (with the ``stratum``
+    column as the strata), so the rows of one group never straddle two splits."""
+    assignment = split_groups(
+        rows["group"].tolist(), rows["stratum"].tolist(), test_fraction, val_fraction, seed
+    )
+    return rows["group"].map(assignment)
+
+
 def check_params(params: dict[str, Any], where: str, dataset: str) -> None:
     """The workflow's ``prepare`` section of ``dataset``, checked as `prepare_chexpert` /
     `prepare_isic` would, before any job runs."""
@@ -108,9 +128,7 @@ def check_params(params: dict[str, Any], where: str, dataset: str) -> None:
         from medtraverse.data.prepare.chexpert import ChexpertParams as specific
     else:
         from medtraverse.data.prepare.isic import IsicParams as specific  # type: ignore[assignment]
-    _check_known(params, specific, where)
-    CommonParams.from_params(params, where)
-    specific.from_params(params, where)
+    _parse_section(params, specific, where)
 
 
 def prepare_chexpert(
@@ -119,10 +137,7 @@ def prepare_chexpert(
     """Prepare CheXpert under ``root`` into ``out``; returns the summary."""
     from medtraverse.data.prepare import chexpert
 
-    params = dict(params or {})
-    _check_known(params, chexpert.ChexpertParams, "params")
-    common = CommonParams.from_params(params)
-    specific = chexpert.ChexpertParams.from_params(params)
+    common, specific = _parse_section(dict(params or {}), chexpert.ChexpertParams)
     root = _check_root(root)
     rows, inputs, notes = chexpert.load(root, specific)
     columns = ["patient_id", *(snake(n) for n in CHEXPERT_LABELS), "age", "sex", "view", "ap_pa"]
@@ -143,10 +158,7 @@ def prepare_isic(
     """Prepare ISIC 2019 (MEL/NV) under ``root`` with the artifact table into ``out``."""
     from medtraverse.data.prepare import isic
 
-    params = dict(params or {})
-    _check_known(params, isic.IsicParams, "params")
-    common = CommonParams.from_params(params)
-    specific = isic.IsicParams.from_params(params)
+    common, specific = _parse_section(dict(params or {}), isic.IsicParams)
     root = _check_root(root)
     rows, inputs, notes = isic.load(root, Path(artifacts), specific)
     columns = ["label", "mel", *ISIC_ARTIFACTS]
@@ -203,14 +215,7 @@ def _finish(
         rows = rows.loc[present].reset_index(drop=True)
     _nothing_left(rows, inputs, "after skipping missing images")
 
-    assignment = split_groups(
-        rows["group"].tolist(),
-        rows["stratum"].tolist(),
-        common.test_fraction,
-        common.val_fraction,
-        common.seed,
-    )
-    rows["split"] = rows["group"].map(assignment)
+    rows["split"] = split_rows(rows, common.test_fraction, common.val_fraction, common.seed)
     rows["path"] = [f"images/{i}.png" for i in rows["image_id"]]
     _train_left(rows)
     _held_out_left(rows, common)
