@@ -174,6 +174,17 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def read_parquet(path: str | Path, expected: str) -> Any:
+    """A parquet file as a pandas DataFrame; a file that cannot be read (truncated, not parquet)
+    is one line naming it and ``expected``, not a pyarrow traceback."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # noqa: BLE001 - any parquet failure is bad input
+        raise bad_input(path, f"cannot be read ({type(err).__name__})", expected) from None
+
+
 def write_parquet(df: Any, path: str | Path, stage: str | None = None) -> None:
     """Write a pandas DataFrame to parquet atomically (no index); ``stage`` as in
     :func:`atomic_path`."""

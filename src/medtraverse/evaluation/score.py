@@ -65,15 +65,12 @@ class ScoreParams:
 
 def read_shard_meta(shard: Path) -> pd.DataFrame:
     """The shard's meta.parquet with absolute paths in ``abs_path``; one-line errors."""
+    from medtraverse.core.io import read_parquet
+
     meta_path = shard / "meta.parquet"
     if not meta_path.is_file():
         raise bad_input(meta_path, "not found", "a traversal shard folder with meta.parquet")
-    try:
-        meta = pd.read_parquet(meta_path)
-    except Exception as err:  # noqa: BLE001
-        raise bad_input(
-            meta_path, f"cannot be read ({type(err).__name__})", "a parquet file"
-        ) from None
+    meta = read_parquet(meta_path, "a parquet file")
     for col in META_COLUMNS:
         if col not in meta.columns:
             raise bad_input(meta_path, f"no column {col!r}", f"columns {', '.join(META_COLUMNS)}")

@@ -292,14 +292,11 @@ def read_scores(
 ) -> pd.DataFrame:
     """All score parquets as one table with ``dataset``, ``trajectory`` and ``shard`` filled;
     see ``check_score_columns`` for the ``p_*`` columns every file must carry."""
+    from medtraverse.core.io import read_parquet
+
     parts = []
     for path in files:
-        try:
-            df = pd.read_parquet(path)
-        except Exception as err:  # noqa: BLE001
-            raise bad_input(
-                path, f"cannot be read ({type(err).__name__})", "a score parquet"
-            ) from None
+        df = read_parquet(path, "a score parquet")
         for col in ("seed", "kind", "k", "frame"):
             if col not in df.columns:
                 raise bad_input(
