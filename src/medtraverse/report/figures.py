@@ -159,6 +159,13 @@ def _band(ax: Any, x: Any, rows: pd.DataFrame, colour: str, label: str, **line: 
     ax.fill_between(x, rows["ci_low"], rows["ci_high"], color=colour, alpha=0.15)
 
 
+def _by_trajectory(df: pd.DataFrame) -> list[tuple[str, Any, pd.DataFrame]]:
+    """(colour, trajectory, rows) per trajectory in name order, colours cycling C0..C9, so a
+    trajectory keeps its colour within a figure whatever the row order."""
+    groups = sorted(df.groupby("trajectory"), key=lambda kv: kv[0])
+    return [(f"C{i % 10}", traj, part) for i, (traj, part) in enumerate(groups)]
+
+
 def _panels(n: int) -> tuple[int, int]:
     cols = min(4, max(1, n))
     return math.ceil(n / cols), cols
@@ -199,9 +206,9 @@ def cosine_vs_k(cos: pd.DataFrame, out_png: Path) -> bool:
         return False
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for i, (traj, part) in enumerate(sorted(cos.groupby("trajectory"), key=lambda kv: kv[0])):
+    for colour, traj, part in _by_trajectory(cos):
         part = part.sort_values("k", ascending=False)
-        _band(ax, part["k"], part, f"C{i % 10}", traj, marker="o", ms=3)
+        _band(ax, part["k"], part, colour, traj, marker="o", ms=3)
     ax.invert_xaxis()
     ax.set_xlabel("swap step k (late -> early)")
     ax.set_ylabel("cosine to the k=45 direction")
@@ -221,9 +228,9 @@ def lpips_vs_step(lp: pd.DataFrame, out_png: Path) -> bool:
         (axes[1], "bezier", "Bezier frame"),
     ):
         part = lp[lp["version"] == version]
-        for i, (traj, group) in enumerate(sorted(part.groupby("trajectory"), key=lambda kv: kv[0])):
+        for colour, traj, group in _by_trajectory(part):
             group = group.sort_values("step")
-            _band(ax, group["step"], group, f"C{i % 10}", traj, marker=".")
+            _band(ax, group["step"], group, colour, traj, marker=".")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("LPIPS")
         if len(part):
@@ -242,8 +249,8 @@ def tsne_scatter(tsne: pd.DataFrame, out_png: Path) -> bool:
         return False
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    for i, (traj, part) in enumerate(sorted(tsne.groupby("trajectory"), key=lambda kv: kv[0])):
-        axes[0].scatter(part["x"], part["y"], s=6, color=f"C{i % 10}", alpha=0.7, label=traj)
+    for colour, traj, part in _by_trajectory(tsne):
+        axes[0].scatter(part["x"], part["y"], s=6, color=colour, alpha=0.7, label=traj)
     axes[0].legend(fontsize=6, markerscale=2)
     axes[0].set_title("by trajectory", fontsize=9)
     swaps = tsne[tsne["k"] >= 0]
