@@ -78,10 +78,22 @@ from typing import TYPE_CHECKING, Any
 
 from medtraverse.core.device import resolve_device
 from medtraverse.core.errors import InputError, bad_input
-from medtraverse.core.io import atomic_path, check_output, write_json
+from medtraverse.core.io import atomic_path, check_output
 from medtraverse.core.params import load_params, parse_params, setting
+from medtraverse.traversal.blocks import (
+    BlockNames,
+    check_scratch,
+    cut_blocks,
+    fingerprint,
+    gather_blocks,
+    open_scratch,
+    record_shard,
+    run_blocks,
+    scratch_of,
+)
 
 if TYPE_CHECKING:
+    import pandas as pd
     import torch
 
 STAGE = "traverse"
@@ -90,6 +102,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 SCHEDULES = ("swap", "mix")
 BATCHINGS = ("auto", "wavefront", "branch")
 KIND_ORDER = {"neutral": 0, "swap": 1, "bezier": 2}
+SEED_BLOCKS = BlockNames("seeds", 9)  # scratch block folders seeds-<first>-<last>
+FOLDERS = ("images", "frames")  # a block's files, merged into the shard
 
 
 # --- parameters -------------------------------------------------------------------------------
@@ -172,10 +186,7 @@ class TraverseParams:
 
 def seed_blocks(seed_start: int, seed_count: int, batch_size: int) -> list[list[int]]:
     """The shard's seeds cut at multiples of ``batch_size`` (block id ``seed // batch_size``)."""
-    blocks: dict[int, list[int]] = {}
-    for seed in range(seed_start, seed_start + seed_count):
-        blocks.setdefault(seed // batch_size, []).append(seed)
-    return list(blocks.values())
+    return cut_blocks(range(seed_start, seed_start + seed_count), batch_size)
 
 
 def initial_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
@@ -411,7 +422,7 @@ def generate_latents(
     engine = TraversalEngine(pipe, params)
     emb = engine.encode(neutral, attribute)
     result: dict[int, dict[str | int, torch.Tensor]] = {}
-    for block in _blocks_of(seeds, params.batch_size):
+    for block in cut_blocks(seeds, params.batch_size):
         lat = engine.generate(block, emb)
         for j, seed in enumerate(block):
             result[seed] = {key: val[j] for key, val in lat.items()}
@@ -422,13 +433,6 @@ def _as_params(params: TraverseParams | Mapping[str, Any] | None) -> TraversePar
     if isinstance(params, TraverseParams):
         return params
     return TraverseParams.from_dict(dict(params or {}))
-
-
-def _blocks_of(seeds: Sequence[int], batch_size: int) -> list[list[int]]:
-    blocks: dict[int, list[int]] = {}
-    for seed in seeds:
-        blocks.setdefault(int(seed) // batch_size, []).append(int(seed))
-    return list(blocks.values())
 
 
 # --- shards -----------------------------------------------------------------------------------
@@ -447,54 +451,6 @@ def image_path(seed: int, key: str | int) -> str:
 
 def frame_path(seed: int, frame: int) -> str:
     return f"frames/{seed}/f{frame:03d}.png"
-
-
-def _scratch(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
-
-
-def _check_scratch(scratch: Path) -> None:
-    """Refuse a ``<shard>.partial`` that is not this stage's resume folder (it would be removed):
-    ours holds settings.json, or nothing but a killed write's temps."""
-    if not os.path.lexists(scratch):
-        return
-    if scratch.is_dir() and not scratch.is_symlink():
-        foreign = [p for p in scratch.iterdir() if not p.name.endswith(".tmp")]
-        if (scratch / "settings.json").is_file() or not foreign:
-            return
-        what = f"a folder of {len(foreign)} entries without settings.json"
-    else:
-        what = "not a folder"
-    raise bad_input(
-        scratch, f"exists and is {what}", "the resume folder of 'medtraverse traverse' or no path"
-    )
-
-
-def _block_dir(scratch: Path, block: Sequence[int]) -> Path:
-    return scratch / f"seeds-{block[0]:09d}-{block[-1]:09d}"
-
-
-def _fingerprint(*paths: Path) -> str:
-    """Cheap identity of files or folders: names, sizes and modification times."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for root in paths:
-        items = sorted(root.rglob("*")) if root.is_dir() else [root]
-        for item in items:
-            if item.is_file():
-                st = item.stat()
-                digest.update(f"{item}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def _clear_stale_temps(folder: Path, prefix: str) -> None:
-    """Remove temp folders that a killed atomic write left behind."""
-    if not folder.is_dir():
-        return
-    for item in folder.iterdir():
-        if item.name.startswith(prefix) and item.name.endswith(".tmp") and item.is_dir():
-            shutil.rmtree(item, ignore_errors=True)
 
 
 def traverse_shard(
@@ -518,7 +474,6 @@ def traverse_shard(
     block is saved.
     """
     import torch
-    from tqdm import tqdm
 
     params = _as_params(params)
     out = Path(out)
@@ -543,8 +498,8 @@ def traverse_shard(
     # Everything the bits depend on: a scratch block is reused only if all of it is unchanged.
     identity = {
         "model": str(model),
-        "model_files": _fingerprint(model),
-        "code": _fingerprint(Path(__file__).with_name("bezier.py"), Path(__file__)),
+        "model_files": fingerprint(model),
+        "code": fingerprint(Path(__file__).with_name("bezier.py"), Path(__file__)),
         "torch": torch.__version__,
         "device": engine.device.type,
         "dataset": dataset,
@@ -557,40 +512,25 @@ def traverse_shard(
         "height": engine.height,
         "width": engine.width,
     }
-    scratch = _scratch(out)
-    ident_file = scratch / "settings.json"
-    if scratch.exists():
-        _check_scratch(scratch)
-        same = ident_file.is_file() and json.loads(ident_file.read_text()) == identity
-        if not same:
-            shutil.rmtree(scratch)
-    scratch.mkdir(parents=True, exist_ok=True)
-    _clear_stale_temps(scratch, ".")
-    _clear_stale_temps(out.parent, f".{out.name}.")
-    if not ident_file.is_file():
-        write_json(ident_file, identity)
+    scratch = open_scratch(out, identity, STAGE)
 
     common = _common_columns(engine, params, model, dataset, trajectory, neutral, attribute)
     blocks = seed_blocks(seed_start, seed_count, params.batch_size)
-    todo = [blk for blk in blocks if not _block_dir(scratch, blk).is_dir()]
+    todo = SEED_BLOCKS.todo(scratch, blocks)
     emb = engine.encode(neutral, attribute) if todo else None
-    bar = tqdm(total=seed_count, desc=f"traverse {dataset}/{trajectory}", unit="seed")
-    bar.update(seed_count - sum(len(blk) for blk in todo))
+    desc = f"traverse {dataset}/{trajectory}"
     with ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2))) as pool:
-        for block in todo:
+        for block in run_blocks(
+            todo, total=seed_count, desc=desc, unit="seed", on_block_done=on_block_done
+        ):
             assert emb is not None
-            _run_block(engine, emb, block, _block_dir(scratch, block), common, pool)
-            bar.update(len(block))
-            if on_block_done is not None:
-                on_block_done(block)
-    bar.close()
+            _run_block(engine, emb, block, SEED_BLOCKS.dir(scratch, block), common, pool)
 
     with atomic_path(out, stage=STAGE) as tmp:
         _assemble(scratch, blocks, tmp)
-        from medtraverse.core.provenance import record, record_path
-
-        record(
+        record_shard(
             tmp,
+            out,
             stage=STAGE,
             params={**asdict(params), "neutral": neutral, "attribute": attribute},
             inputs=[model] if model.exists() else [],
@@ -604,10 +544,6 @@ def traverse_shard(
                 "key_scheme": "<seed>/neutral, <seed>/k<k>",
             },
         )
-        rec_file = record_path(tmp)
-        rec = json.loads(rec_file.read_text())
-        rec["artifact"] = str(out)
-        write_json(rec_file, rec)
     shutil.rmtree(scratch, ignore_errors=True)
     return out
 
@@ -731,36 +667,15 @@ def _save_png(pool: ThreadPoolExecutor, image: Any, root: Path, rel: str) -> Fut
 
 def _assemble(scratch: Path, blocks: list[list[int]], dest: Path) -> None:
     """Merge the finished blocks into the shard folder ``dest`` (hard links where possible)."""
-    import pandas as pd
-    from safetensors.torch import load_file, save_file
-
-    dest.mkdir()
-    tensors = {}
-    tables = []
-    for block in blocks:
-        src = _block_dir(scratch, block)
-        if not src.is_dir():
-            raise RuntimeError(f"{src}: block missing at assembly")
-        tensors.update(load_file(str(src / "latents.safetensors")))
-        tables.append(pd.read_parquet(src / "rows.parquet"))
-        for sub in ("images", "frames"):
-            if (src / sub).is_dir():
-                shutil.copytree(
-                    src / sub, dest / sub, copy_function=_link_or_copy, dirs_exist_ok=True
-                )
-    save_file(tensors, str(dest / "latents.safetensors"))
-    meta = pd.concat(tables, ignore_index=True)
-    meta = meta.assign(_kind=meta["kind"].map(KIND_ORDER))
-    meta = meta.sort_values(["seed", "_kind", "k", "frame"], kind="stable").drop(columns="_kind")
+    meta = sort_meta(gather_blocks(scratch, blocks, SEED_BLOCKS, dest, folders=FOLDERS))
     meta = meta.drop_duplicates(subset=["seed", "kind", "k", "frame"]).reset_index(drop=True)
     meta.to_parquet(dest / "meta.parquet", index=False)
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def sort_meta(meta: pd.DataFrame) -> pd.DataFrame:
+    """A shard's rows in their fixed order: by seed, then neutral, swaps by k, Bezier frames."""
+    meta = meta.assign(_kind=meta["kind"].map(KIND_ORDER))
+    return meta.sort_values(["seed", "_kind", "k", "frame"], kind="stable").drop(columns="_kind")
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -780,7 +695,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     check_output(args.out, STAGE, "folder")  # before any work; never replaces user data
-    _check_scratch(_scratch(args.out))
+    check_scratch(scratch_of(args.out), STAGE)
     params = TraverseParams.from_dict(load_params(args.params))
     prompts = {}
     for key in ("neutral", "attribute"):

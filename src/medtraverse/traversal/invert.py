@@ -64,7 +64,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -74,8 +73,19 @@ from typing import TYPE_CHECKING, Any
 
 from medtraverse.core.device import resolve_device
 from medtraverse.core.errors import InputError, bad_input
-from medtraverse.core.io import atomic_path, check_output, write_json
+from medtraverse.core.io import atomic_path, check_output
 from medtraverse.core.params import load_params, parse_params, setting
+from medtraverse.traversal.blocks import (
+    BlockNames,
+    check_scratch,
+    cut_blocks,
+    fingerprint,
+    gather_blocks,
+    open_scratch,
+    record_shard,
+    run_blocks,
+    scratch_of,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -410,49 +420,12 @@ def load_images(files: Sequence[str], size: int) -> torch.Tensor:
 
 def image_blocks(start: int, count: int, batch_size: int) -> list[list[int]]:
     """Row indices of the shard cut at multiples of ``batch_size`` (block ``index // size``)."""
-    blocks: dict[int, list[int]] = {}
-    for i in range(start, start + count):
-        blocks.setdefault(i // batch_size, []).append(i)
-    return list(blocks.values())
+    return cut_blocks(range(start, start + count), batch_size)
 
 
 # --- shards -----------------------------------------------------------------------------------
 
-
-def scratch_of(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
-
-
-def check_scratch(scratch: Path, stage: str = STAGE) -> None:
-    """Refuse a ``<out>.partial`` that is not ``stage``'s resume folder (it would be removed)."""
-    if not os.path.lexists(scratch):
-        return
-    if scratch.is_dir() and not scratch.is_symlink():
-        foreign = [p for p in scratch.iterdir() if not p.name.endswith(".tmp")]
-        if (scratch / "settings.json").is_file() or not foreign:
-            return
-        what = f"a folder of {len(foreign)} entries without settings.json"
-    else:
-        what = "not a folder"
-    raise bad_input(
-        scratch, f"exists and is {what}", f"the resume folder of 'medtraverse {stage}' or no path"
-    )
-
-
-def block_dir(scratch: Path, block: Sequence[int]) -> Path:
-    return scratch / f"images-{block[0]:07d}-{block[-1]:07d}"
-
-
-def fingerprint(*paths: Path) -> str:
-    """Cheap identity of files or folders: names, sizes and modification times."""
-    digest = hashlib.sha256()
-    for root in paths:
-        items = sorted(root.rglob("*")) if root.is_dir() else [root]
-        for item in items:
-            if item.is_file():
-                st = item.stat()
-                digest.update(f"{item}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+IMAGE_BLOCKS = BlockNames("images", 7)  # scratch block folders images-<first>-<last>
 
 
 def invert_shard(
@@ -472,7 +445,6 @@ def invert_shard(
     """Invert rows ``start .. start + count - 1`` of the selection into the shard ``out``
     atomically, resuming finished blocks from ``<out>.partial``."""
     import torch
-    from tqdm import tqdm
 
     if not isinstance(params, InvertParams):
         params = parse_params(InvertParams, params or {})
@@ -507,19 +479,7 @@ def invert_shard(
         ).hexdigest(),
         "inputs": fingerprint(*(Path(f) for f in rows["file"][start : start + count])),
     }
-    scratch = scratch_of(out)
-    ident_file = scratch / "settings.json"
-    if scratch.exists():
-        check_scratch(scratch)
-        if not (ident_file.is_file() and json.loads(ident_file.read_text()) == identity):
-            shutil.rmtree(scratch)
-    scratch.mkdir(parents=True, exist_ok=True)
-    for item in [*scratch.iterdir(), *out.parent.iterdir()]:
-        stale = item.parent == scratch or item.name.startswith(f".{out.name}.")
-        if stale and item.name.endswith(".tmp") and item.is_dir():
-            shutil.rmtree(item, ignore_errors=True)  # a killed atomic write's leftovers
-    if not ident_file.is_file():
-        write_json(ident_file, identity)
+    scratch = open_scratch(out, identity, STAGE)
 
     common = {
         "dataset": dataset,
@@ -539,32 +499,25 @@ def invert_shard(
         "batch_size": params.batch_size,
     }
     blocks = image_blocks(start, count, params.batch_size)
-    todo = [blk for blk in blocks if not block_dir(scratch, blk).is_dir()]
-    bar = tqdm(total=count, desc=f"invert {dataset}", unit="image")
-    bar.update(count - sum(len(blk) for blk in todo))
-    for block in todo:
-        _run_block(inv, rows.iloc[block], block, block_dir(scratch, block), common, on_inner)
-        bar.update(len(block))
-        if on_block_done is not None:
-            on_block_done(block)
-    bar.close()
+    todo = IMAGE_BLOCKS.todo(scratch, blocks)
+    desc = f"invert {dataset}"
+    for block in run_blocks(
+        todo, total=count, desc=desc, unit="image", on_block_done=on_block_done
+    ):
+        dest = IMAGE_BLOCKS.dir(scratch, block)
+        _run_block(inv, rows.iloc[block], block, dest, common, on_inner)
 
     with atomic_path(out, stage=STAGE) as tmp:
         _assemble(scratch, blocks, tmp)
-        from medtraverse.core.provenance import record, record_path
-
-        record(
+        record_shard(
             tmp,
+            out,
             stage=STAGE,
             params=asdict(params),
             inputs=[p for p in (model, manifest, images) if p is not None and Path(p).exists()],
             seeds={"start": start, "count": count, "order": "image_id"},
             extra={"dataset": dataset, "device": str(inv.device), "torch": torch.__version__},
         )
-        rec_file = record_path(tmp)
-        rec = json.loads(rec_file.read_text())
-        rec["artifact"] = str(out)
-        write_json(rec_file, rec)
     shutil.rmtree(scratch, ignore_errors=True)
     return out
 
@@ -638,23 +591,14 @@ def _run_block(
 
 def _assemble(scratch: Path, blocks: list[list[int]], dest: Path) -> None:
     """Merge the finished blocks into the shard folder ``dest``."""
-    import pandas as pd
-    from safetensors.torch import load_file, save_file
-
-    dest.mkdir()
-    latents, uncond, tables = {}, {}, []
-    for block in blocks:
-        src = block_dir(scratch, block)
-        if not src.is_dir():
-            raise RuntimeError(f"{src}: block missing at assembly")
-        latents.update(load_file(str(src / "latents.safetensors")))
-        uncond.update(load_file(str(src / "uncond.safetensors")))
-        tables.append(pd.read_parquet(src / "rows.parquet"))
-        if (src / "images").is_dir():
-            shutil.copytree(src / "images", dest / "images", dirs_exist_ok=True)
-    save_file(latents, str(dest / "latents.safetensors"))
-    save_file(uncond, str(dest / "uncond.safetensors"))
-    table = pd.concat(tables, ignore_index=True).sort_values("index", kind="stable")
+    table = gather_blocks(
+        scratch,
+        blocks,
+        IMAGE_BLOCKS,
+        dest,
+        tensors=("latents.safetensors", "uncond.safetensors"),
+        folders=("images",),
+    ).sort_values("index", kind="stable")
     table.reset_index(drop=True).to_parquet(dest / "inversion.parquet", index=False)
 
 
@@ -690,7 +634,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     check_output(args.out, STAGE, "folder")  # before any work; never replaces user data
-    check_scratch(scratch_of(args.out))
+    check_scratch(scratch_of(args.out), STAGE)
     params = parse_params(InvertParams, load_params(args.params))
     if args.count is not None and args.count < 1:
         raise InputError(f"--count: got {args.count}; expected an integer >= 1")

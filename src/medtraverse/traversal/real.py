@@ -32,25 +32,27 @@ from typing import TYPE_CHECKING, Any
 
 from medtraverse.core.device import resolve_device
 from medtraverse.core.errors import bad_input
-from medtraverse.core.io import atomic_path, check_output, write_json
+from medtraverse.core.io import atomic_path, check_output
 from medtraverse.core.params import load_params
+from medtraverse.traversal.blocks import (
+    check_scratch,
+    fingerprint,
+    gather_blocks,
+    open_scratch,
+    record_shard,
+    scratch_of,
+)
 from medtraverse.traversal.engine import (
-    KIND_ORDER,
+    FOLDERS,
     Embeddings,
     TraversalEngine,
     TraverseParams,
     frame_path,
     image_path,
     latent_key,
+    sort_meta,
 )
-from medtraverse.traversal.invert import (
-    block_dir,
-    check_scratch,
-    fingerprint,
-    image_blocks,
-    read_inversion,
-    scratch_of,
-)
+from medtraverse.traversal.invert import IMAGE_BLOCKS, image_blocks, read_inversion
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,9 +79,7 @@ def traverse_images_shard(
     on_block_done: Callable[[list[int]], None] | None = None,
 ) -> Path:
     """Write the real-image shard ``out`` for every image of the inversion shard ``inversion``."""
-    import pandas as pd
     import torch
-    from safetensors.torch import load_file, save_file
 
     params = _params(params)
     out, model, inversion = Path(out), Path(model), Path(inversion)
@@ -118,15 +118,7 @@ def traverse_images_shard(
         "save_images": params.save_images,
         "decode_batch_size": params.decode_batch_size,
     }
-    scratch = scratch_of(out)
-    ident_file = scratch / "settings.json"
-    if scratch.exists():
-        check_scratch(scratch, STAGE)
-        if not (ident_file.is_file() and json.loads(ident_file.read_text()) == identity):
-            shutil.rmtree(scratch)
-    scratch.mkdir(parents=True, exist_ok=True)
-    if not ident_file.is_file():
-        write_json(ident_file, identity)
+    scratch = open_scratch(out, identity, STAGE)
 
     index = {int(i): r for i, r in zip(table["index"], table.itertuples(), strict=True)}
     first, last = min(index), max(index)
@@ -139,7 +131,7 @@ def traverse_images_shard(
     keys: list[str | int] = ["neutral", *p.swap_steps]
     frames = p.bezier_frames if p.save_images else 0
     for block in blocks:
-        dest = block_dir(scratch, block)
+        dest = IMAGE_BLOCKS.dir(scratch, block)
         if dest.is_dir():
             continue
         rows = [index[i] for i in block]
@@ -156,34 +148,17 @@ def traverse_images_shard(
             on_block_done(block)
 
     with atomic_path(out, stage=STAGE) as tmp:
-        tmp.mkdir()
-        tensors, tables = {}, []
-        for block in blocks:
-            src = block_dir(scratch, block)
-            tensors.update(load_file(str(src / "latents.safetensors")))
-            tables.append(pd.read_parquet(src / "rows.parquet"))
-            for sub in ("images", "frames"):
-                if (src / sub).is_dir():
-                    shutil.copytree(src / sub, tmp / sub, dirs_exist_ok=True)
-        save_file(tensors, str(tmp / "latents.safetensors"))
-        meta = pd.concat(tables, ignore_index=True)
-        meta = meta.assign(_kind=meta["kind"].map(KIND_ORDER))
-        meta = meta.sort_values(["seed", "_kind", "k", "frame"], kind="stable")
-        meta.drop(columns="_kind").reset_index(drop=True).to_parquet(tmp / "meta.parquet")
-        from medtraverse.core.provenance import record, record_path
-
-        record(
+        meta = sort_meta(gather_blocks(scratch, blocks, IMAGE_BLOCKS, tmp, folders=FOLDERS))
+        meta.reset_index(drop=True).to_parquet(tmp / "meta.parquet")
+        record_shard(
             tmp,
+            out,
             stage=STAGE,
             params={**asdict(params), "attribute": attribute},
             inputs=[q for q in (model, inversion) if q.exists()],
             seeds={"images": [str(i) for i in table["image_id"]], "from": str(inversion)},
             extra={"dataset": dataset, "trajectory": trajectory, "device": str(engine.device)},
         )
-        rec_file = record_path(tmp)
-        rec = json.loads(rec_file.read_text())
-        rec["artifact"] = str(out)
-        write_json(rec_file, rec)
     shutil.rmtree(scratch, ignore_errors=True)
     return out
 
