@@ -60,6 +60,7 @@ class Threads:
     score: int = setting(1, min=1, help="scoring one shard")
     aggregate: int = setting(1, min=1, help="metrics, LPIPS, FID, t-SNE")
     invert: int = setting(2, min=1, help="one inversion shard (null-text: a backward pass a step)")
+    annotate: int = setting(1, min=1, help="ISIC artifact pseudo-labels (classifier)")
 
 
 def _key(path: Any) -> str:

@@ -32,6 +32,7 @@ rule annotate_artifacts:
         f"{BENCH}/annotate_artifacts/isic.tsv"
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("annotate")
     resources:
         gpu=1,
     params:
@@ -41,7 +42,7 @@ rule annotate_artifacts:
     shell:
         "medtraverse annotate-artifacts --root {params.root:q}"
         " --annotations {params.annotations:q} --out {output:q}"
-        " --params {params.annotate:q} > {log:q} 2>&1"
+        " --params {params.annotate:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule prepare_dataset:

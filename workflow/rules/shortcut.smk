@@ -52,6 +52,7 @@ rule shortcut_counterfactuals:
         f"{BENCH}/shortcut_counterfactuals/{{dataset}}/{{cfgroup}}.tsv"
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("traverse")
     resources:
         gpu=1,
     params:
@@ -62,7 +63,7 @@ rule shortcut_counterfactuals:
         "medtraverse traverse --model {input.model:q} --out {output:q}"
         " --dataset {wildcards.dataset} --trajectory {wildcards.cfgroup}"
         " --seed-start {params.seed_start} --seed-count {params.seed_count}"
-        " --params {params.traverse:q} > {log:q} 2>&1"
+        " --params {params.traverse:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule shortcut_arm:
@@ -104,6 +105,7 @@ rule shortcut_train:
         f"{BENCH}/shortcut_train/{{dataset}}/{{arm}}.tsv"
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("train_classifier")
     resources:
         gpu=1,
     params:
@@ -112,7 +114,7 @@ rule shortcut_train:
     shell:  # one --name for every arm: the same initial weights and batch order
         "medtraverse train-classifier --manifest {input.arm:q}/manifest.parquet"
         " --attributes {params.attributes:q} --name shortcut --out {output:q}"
-        " --params {params.classifier:q} > {log:q} 2>&1"
+        " --params {params.classifier:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule shortcut_report:
