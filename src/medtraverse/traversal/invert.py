@@ -75,17 +75,7 @@ from medtraverse.core.device import resolve_device
 from medtraverse.core.errors import InputError, bad_input
 from medtraverse.core.io import atomic_path, check_output
 from medtraverse.core.params import load_params, parse_params, setting
-from medtraverse.traversal.blocks import (
-    BlockNames,
-    check_scratch,
-    cut_blocks,
-    fingerprint,
-    gather_blocks,
-    open_scratch,
-    record_shard,
-    run_blocks,
-    scratch_of,
-)
+from medtraverse.traversal import blocks as block_io
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -420,12 +410,12 @@ def load_images(files: Sequence[str], size: int) -> torch.Tensor:
 
 def image_blocks(start: int, count: int, batch_size: int) -> list[list[int]]:
     """Row indices of the shard cut at multiples of ``batch_size`` (block ``index // size``)."""
-    return cut_blocks(range(start, start + count), batch_size)
+    return block_io.cut_blocks(range(start, start + count), batch_size)
 
 
 # --- shards -----------------------------------------------------------------------------------
 
-IMAGE_BLOCKS = BlockNames("images", 7)  # scratch block folders images-<first>-<last>
+IMAGE_BLOCKS = block_io.BlockNames("images", 7)  # scratch block folders images-<first>-<last>
 
 
 def invert_shard(
@@ -467,8 +457,8 @@ def invert_shard(
     inv = Inverter(pipe, params)
     identity = {
         "model": str(model),
-        "model_files": fingerprint(model),
-        "code": fingerprint(Path(__file__)),
+        "model_files": block_io.fingerprint(model),
+        "code": block_io.fingerprint(Path(__file__)),
         "torch": torch.__version__,
         "device": inv.device.type,
         "dataset": dataset,
@@ -477,9 +467,9 @@ def invert_shard(
         "images": hashlib.sha256(
             rows[["image_id", "file", "prompt"]].to_json().encode()
         ).hexdigest(),
-        "inputs": fingerprint(*(Path(f) for f in rows["file"][start : start + count])),
+        "inputs": block_io.fingerprint(*(Path(f) for f in rows["file"][start : start + count])),
     }
-    scratch = open_scratch(out, identity, STAGE)
+    scratch = block_io.open_scratch(out, identity, STAGE)
 
     common = {
         "dataset": dataset,
@@ -501,7 +491,7 @@ def invert_shard(
     blocks = image_blocks(start, count, params.batch_size)
     todo = IMAGE_BLOCKS.todo(scratch, blocks)
     desc = f"invert {dataset}"
-    for block in run_blocks(
+    for block in block_io.run_blocks(
         todo, total=count, desc=desc, unit="image", on_block_done=on_block_done
     ):
         dest = IMAGE_BLOCKS.dir(scratch, block)
@@ -509,7 +499,7 @@ def invert_shard(
 
     with atomic_path(out, stage=STAGE) as tmp:
         _assemble(scratch, blocks, tmp)
-        record_shard(
+        block_io.record_shard(
             tmp,
             out,
             stage=STAGE,
@@ -591,7 +581,7 @@ def _run_block(
 
 def _assemble(scratch: Path, blocks: list[list[int]], dest: Path) -> None:
     """Merge the finished blocks into the shard folder ``dest``."""
-    table = gather_blocks(
+    table = block_io.gather_blocks(
         scratch,
         blocks,
         IMAGE_BLOCKS,
@@ -634,7 +624,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     check_output(args.out, STAGE, "folder")  # before any work; never replaces user data
-    check_scratch(scratch_of(args.out), STAGE)
+    block_io.check_scratch(block_io.scratch_of(args.out), STAGE)
     params = parse_params(InvertParams, load_params(args.params))
     if args.count is not None and args.count < 1:
         raise InputError(f"--count: got {args.count}; expected an integer >= 1")
