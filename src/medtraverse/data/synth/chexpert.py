@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -267,6 +267,18 @@ def _draw_devices(
             draw.paint(img, draw.inside(dist, grid.px / frame.scale), dev["level"])
 
 
+class View(NamedTuple):
+    """What drawing one view of a study needs: its anatomy, the study, which findings are
+    drawn, the pixel grid, the body's frame and the study's random stream."""
+
+    a: dict[str, float]
+    study: dict[str, Any]
+    render: dict[str, bool]
+    grid: draw.Grid
+    frame: draw.Frame
+    rng: np.random.Generator
+
+
 def _canvas(
     a: dict[str, float], grid: draw.Grid, frame: draw.Frame
 ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]:
@@ -278,14 +290,8 @@ def _canvas(
     return X, Y, edge, tissue, np.full(X.shape, a["background"])
 
 
-def _frontal(
-    a: dict[str, float],
-    study: dict[str, Any],
-    render: dict[str, bool],
-    grid: draw.Grid,
-    frame: draw.Frame,
-    rng: np.random.Generator,
-) -> np.ndarray:
+def _frontal(view: View) -> np.ndarray:
+    a, study, render, grid, frame, rng = view
     X, Y, edge, tissue, img = _canvas(a, grid, frame)
     bw = a["body_half_width"]
     r = ((np.abs(X) / bw) ** 4 + (np.abs(Y - 0.35) / 1.3) ** 4) ** 0.25
@@ -341,14 +347,8 @@ def _frontal(
     return img
 
 
-def _lateral(
-    a: dict[str, float],
-    study: dict[str, Any],
-    render: dict[str, bool],
-    grid: draw.Grid,
-    frame: draw.Frame,
-    rng: np.random.Generator,
-) -> np.ndarray:
+def _lateral(view: View) -> np.ndarray:
+    a, study, render, grid, frame, rng = view
     X, Y, edge, tissue, img = _canvas(a, grid, frame)
     half_depth = 0.85 * a["body_half_width"]
     body = np.maximum(
@@ -396,7 +396,7 @@ def render_view(
     )
     labels = study["labels"]
     render = {snake(k): labels[k] == 1.0 for k in RENDERED}
-    img = (_lateral if lateral else _frontal)(a, study, render, grid, frame, rng)
+    img = (_lateral if lateral else _frontal)(View(a, study, render, grid, frame, rng))
     img = study["gain"] * np.clip(img, 0.0, 1.0) ** study["gamma"]
     img *= 1.0 + 0.04 * draw.smooth_noise(rng, size, 3)
     if render["support_devices"]:
