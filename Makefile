@@ -40,6 +40,9 @@ test: install lint
 	@started=0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  scripts/slurm-start.sh && started=1; \
+	  command -v chromium >/dev/null 2>&1 || { echo "make test: installing chromium (the report's browser test)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+	    || echo "make test: chromium could not be installed: the report's browser test will be skipped"; }; \
 	else echo "make test: not root, no local SLURM cluster: its tests will be skipped"; fi; \
 	status=0; $(VENV)/bin/pytest -q --durations=20 || status=$$?; \
 	if [ $$started = 1 ]; then scripts/slurm-stop.sh; fi; \
