@@ -243,18 +243,22 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(model_dir: Path, tmp_path:
 # --- traversal from real images -------------------------------------------------------------
 
 
-def test_traversal_from_real_images(pipe: Any, tmp_path: Path) -> None:  # noqa: F811
-    from medtraverse.traversal.real import traverse_images_shard
-
-    folder = write_images(tmp_path / "imgs", 3)
-    inv = invert_shard(
+def _inverted_images(pipe: Any, tmp_path: Path, inner_steps: int) -> Path:  # noqa: F811
+    """An inversion shard of three written images, all with one prompt."""
+    return invert_shard(
         "tiny",
         tmp_path / "inv",
         dataset="chexpert",
-        images=folder,
-        params={**TINY, "inner_steps": 3, "prompt": PROMPT},
+        images=write_images(tmp_path / "imgs", 3),
+        params={**TINY, "inner_steps": inner_steps, "prompt": PROMPT},
         pipe=pipe,
     )
+
+
+def test_traversal_from_real_images(pipe: Any, tmp_path: Path) -> None:  # noqa: F811
+    from medtraverse.traversal.real import traverse_images_shard
+
+    inv = _inverted_images(pipe, tmp_path, inner_steps=3)
     settings = {"steps": 10, "swap_steps": [2, 6], "bezier_frames": 3, "batch_size": 2}
     kw = {"inversion": inv, "dataset": "chexpert", "trajectory": "support_devices", "pipe": pipe}
     attribute = "Chest X-ray showing Support Devices"
@@ -315,15 +319,7 @@ def test_traverse_real_cli_bad_input_is_one_line(model_dir: Path, tmp_path: Path
 def test_real_shard_resumes_finished_blocks(pipe: Any, tmp_path: Path) -> None:  # noqa: F811
     from medtraverse.traversal.real import traverse_images_shard
 
-    folder = write_images(tmp_path / "imgs", 3)
-    inv = invert_shard(
-        "tiny",
-        tmp_path / "inv",
-        dataset="chexpert",
-        images=folder,
-        params={**TINY, "inner_steps": 1, "prompt": PROMPT},
-        pipe=pipe,
-    )
+    inv = _inverted_images(pipe, tmp_path, inner_steps=1)
     kw = {
         "inversion": inv,
         "dataset": "chexpert",
