@@ -25,9 +25,8 @@ from medtraverse.traversal.engine import (
     UNetCounter,
     generate_latents,
     seed_blocks,
-    traverse_shard,
 )
-from tests.test_traverse import ATTRIBUTE, NEUTRAL, key, stock
+from tests.test_traverse import ATTRIBUTE, NEUTRAL, key, run, stock
 
 PAPER = {"steps": 50, "swap_steps": [5, 10, 15, 20, 25, 30, 35, 40, 45]}
 
@@ -77,22 +76,8 @@ def test_wavefront_at_paper_settings_matches_stock_per_k_calls(pipe: Any) -> Non
 
 # --- a shard whose edges cut a batch ---------------------------------------------------------
 
-SHARD = {"steps": 6, "swap_steps": [2, 4], "bezier_frames": 5, "batch_size": 4}
-
-
-def _shard(pipe: Any, out: Path, start: int, count: int) -> Path:
-    return traverse_shard(
-        "tiny-model",
-        out,
-        dataset="chexpert",
-        trajectory="support_devices",
-        neutral=NEUTRAL,
-        attribute=ATTRIBUTE,
-        seed_start=start,
-        seed_count=count,
-        params=SHARD,
-        pipe=pipe,
-    )
+# test_traverse's shard settings with batches of 4 (decode batches at the default 16)
+BATCH4 = {"params": {"batch_size": 4, "decode_batch_size": 16}}
 
 
 def test_shard_cutting_a_batch_equals_one_shard(pipe: Any, tmp_path: Path) -> None:
@@ -101,8 +86,8 @@ def test_shard_cutting_a_batch_equals_one_shard(pipe: Any, tmp_path: Path) -> No
     seeds, latents, PNGs and meta rows are equal bit for bit; seed 3 ran in another batch, so
     only within float noise."""
     assert seed_blocks(3, 5, 4) == [[3], [4, 5, 6, 7]]
-    cut = _shard(pipe, tmp_path / "cut", 3, 5)
-    whole = _shard(pipe, tmp_path / "whole", 0, 8)
+    cut = run(pipe, tmp_path / "cut", 3, 5, **BATCH4)
+    whole = run(pipe, tmp_path / "whole", 0, 8, **BATCH4)
     a = load_file(str(cut / "latents.safetensors"))
     b = load_file(str(whole / "latents.safetensors"))
     assert sorted(a) == sorted(f"{s}/{k}" for s in range(3, 8) for k in ("neutral", "k2", "k4"))
