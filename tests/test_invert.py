@@ -133,6 +133,15 @@ def test_select_images_from_manifest_csv_and_folder(tmp_path: Path) -> None:
         "caption 2",
     ]
     assert rows["pleural_effusion"].tolist() == [0, 1]
+    normal = parse_params(InvertParams, {"where": {"pleural_effusion": 0}})
+    assert select_images(manifest=prepared, params=normal)["image_id"].tolist() == ["p1"]
+    assert normal.bits() == parse_params(InvertParams, {}).bits()  # selection, not bits
+    for where, message in (
+        ({"cardiomegaly": 1}, "not a manifest column"),
+        ({"pleural_effusion": 5}, "selects no images"),
+    ):
+        with pytest.raises(InputError, match=message):
+            select_images(manifest=prepared, params=parse_params(InvertParams, {"where": where}))
     assert image_blocks(1, 4, 2) == [[1], [2, 3], [4]]
 
 

@@ -84,6 +84,7 @@ REFERENCE: dict[str, dict[str, dict[str, dict[str, float]]]] = {
             "lpips_bezier": {"code": 0.2167, "poster": 0.22},
             "fid": {"code": 59.64},
         },
+        "pleural_effusion_support_devices": {"fid": {"code": 48.56}},  # composed (PE + SD)
     },
     "isic": {
         "mel_hair": {

@@ -98,6 +98,9 @@ class InvertParams:
     early_stop: float = setting(1e-5, min=0.0, help="stop a step when latent MSE < this + i*slope")
     early_stop_slope: float = setting(2e-5, min=0.0, help="per-step growth of early_stop")
     split: str = setting("test", help="manifest split to invert, or 'all'")
+    where: dict[str, float] | None = setting(
+        None, help='manifest labels the images must have, e.g. {"No Finding": 1}'
+    )
     prompt: str | None = setting(None, help="one prompt for every image (else each caption)")
     batch_size: int = setting(4, min=1, help="images optimised together")
     device: str = setting("auto", help='"auto", "cpu", "cuda" or "cuda:<n>"')
@@ -113,7 +116,7 @@ class InvertParams:
     def bits(self) -> dict[str, Any]:
         """The settings that change a result's bits (device and image saving excluded)."""
         out = asdict(self)
-        for key in ("device", "save_images", "split"):
+        for key in ("device", "save_images", "split", "where"):
             out.pop(key)
         return out
 
@@ -347,6 +350,10 @@ def select_images(
                     "params.split", f"got {params.split!r}", f"one of {present} or 'all'"
                 )
             rows = rows[rows["split"] == params.split]
+        for label, value in sorted((params.where or {}).items()):
+            if label not in rows.columns:
+                raise bad_input(f"params.where.{label}", "not a manifest column", "a label column")
+            rows = rows[rows[label] == value]
         rows = rows.assign(file=[str(table.parent / p) for p in rows["path"]], source=rows["path"])
         rows = rows.drop(columns=["path", "source_path"], errors="ignore")
     elif images.is_dir():
@@ -369,7 +376,8 @@ def select_images(
     else:
         raise bad_input(images, "not found", "a CSV of image paths or a folder of images")
     if rows.empty:
-        raise bad_input(manifest or images, "selects no images", f"images (split {params.split})")
+        what = f"split {params.split}" + (f", labels {params.where}" if params.where else "")
+        raise bad_input(manifest or images, "selects no images", f"images ({what})")
     rows["image_id"] = rows["image_id"].astype(str)
     dup = rows["image_id"][rows["image_id"].duplicated()]
     if len(dup):
