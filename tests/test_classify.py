@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from medtraverse.core.errors import InputError
+from tests.oneline import assert_one_line_error, one_line_input_error, run_main
 
 QUICK = {
     "image_size": 32,
@@ -131,30 +132,29 @@ def test_same_seed_same_weights(tmp_path: Path, trained) -> None:
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_bad_manifest_is_one_line_and_writes_nothing(tmp_path: Path, trained) -> None:
-    from medtraverse.cli import main
-
+def test_bad_manifest_is_one_line_and_writes_nothing(
+    tmp_path: Path, trained, capsys: pytest.CaptureFixture[str]
+) -> None:
     manifest = trained[0]
     out = tmp_path / "nope"
-    with pytest.raises(InputError, match="no column 'cardiomegaly'"):
-        from medtraverse.evaluation.classify import train_classifier
+    from medtraverse.evaluation.classify import train_classifier
 
+    with one_line_input_error("no column 'cardiomegaly'", untouched=[out]):
         train_classifier(manifest, out, ["cardiomegaly"], dict(QUICK))
-    assert not out.exists()
-    rc = main(
-        [
-            "train-classifier",
-            "--manifest",
-            str(manifest),
-            "--out",
-            str(out),
-            "--attributes",
-            "bar",
-            "--params",
-            json.dumps({**QUICK, "epochs": "ten"}),
-        ]
+    proc = run_main(
+        capsys,
+        "train-classifier",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--attributes",
+        "bar",
+        "--params",
+        json.dumps({**QUICK, "epochs": "ten"}),
     )
-    assert rc == 2 and not out.exists()
+    prefix = "medtraverse train-classifier: error: "
+    assert_one_line_error(proc, "params.epochs", prefix=prefix, untouched=[out])
 
 
 def test_pretrained_local_file_and_offline_hub(tmp_path: Path) -> None:
@@ -274,9 +274,8 @@ def test_score_missing_image_is_one_line(tmp_path: Path, trained) -> None:
     write_shard(shard, seeds=(3,))
     (shard / "images" / "3" / "k10.png").unlink()
     out = tmp_path / "s.parquet"
-    with pytest.raises(InputError, match=r"images/3/k10.png' not found"):
+    with one_line_input_error("images/3/k10.png' not found", untouched=[out]):
         score_shard(shard, [trained[1]], out, {})
-    assert not out.exists()
 
 
 def test_score_truth_detector_columns(tmp_path: Path, trained) -> None:

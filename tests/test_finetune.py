@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medtraverse import cli
-from medtraverse.core.errors import InputError
+from tests.oneline import assert_one_line_error, one_line_input_error, run_main
 from tests.test_models import NEUTRAL, make_prep
 
 FAST = {"train_batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 1e-3}
@@ -243,11 +243,8 @@ def test_bad_input_is_one_line_and_writes_nothing(
     plain = build_cache(base, prep, tmp_path / "cache", {})
     out = tmp_path / "run" / "pipeline"
     argv = ["finetune", "--model", str(base), "--cache", str(plain), "--out", str(out)]
-    capsys.readouterr()
-    assert cli.main([*argv, "--params", json.dumps(params)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("medtraverse finetune: error: ") and message in err
-    assert not out.exists()
+    proc = run_main(capsys, *argv, "--params", json.dumps(params))
+    assert_one_line_error(proc, message, prefix="medtraverse finetune: error: ", untouched=[out])
 
 
 def test_cache_rejects_a_manifest_without_prompts(base: Path, prep: Path, tmp_path: Path) -> None:
@@ -261,9 +258,8 @@ def test_cache_rejects_a_manifest_without_prompts(base: Path, prep: Path, tmp_pa
     shutil.copytree(prep, broken)
     frame = pd.read_parquet(broken / "manifest.parquet").drop(columns=["prompt"])
     frame.to_parquet(broken / "manifest.parquet", index=False)
-    with pytest.raises(InputError, match="missing column 'prompt'"):
+    with one_line_input_error("missing column 'prompt'", untouched=[tmp_path / "cache"]):
         build_cache(base, broken, tmp_path / "cache", {})
-    assert not (tmp_path / "cache").exists()
 
 
 def test_cache_cli_takes_the_rule_flags(base: Path, prep: Path, tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medtraverse.core.errors import InputError
 from medtraverse.evaluation import metrics
+from tests.oneline import assert_one_line_error, one_line_input_error, run_main
 
 
 def swap_scores(
@@ -254,14 +254,9 @@ def test_lpips_alexnet_missing_stops_with_one_line(tmp_path) -> None:
         "lpips_backbone": "alex",
         "lpips_alexnet_path": str(tmp_path / "alexnet-owt-7be5be79.pth"),
     }
-    with pytest.raises(InputError) as err:
+    with one_line_input_error("alexnet-owt-7be5be79.pth", "place"):
         check_backbones(params)
-    assert (
-        "\n" not in str(err.value)
-        and "alexnet-owt-7be5be79.pth" in str(err.value)
-        and "place" in str(err.value)
-    )
-    with pytest.raises(InputError):
+    with one_line_input_error("alexnet-owt-7be5be79.pth"):
         load_lpips(params)
     lines = check_backbones(
         {"lpips_backbone": "random", "inception_weights": str(tmp_path / "inc.pth")}
@@ -293,8 +288,8 @@ def test_backbones_module_entry_point(tmp_path, capsys) -> None:
     from medtraverse.evaluation.backbones import main
 
     missing = str(tmp_path / "alexnet-owt-7be5be79.pth")
-    assert main(["--params", json.dumps({"lpips_alexnet_path": missing})]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and missing in err
+    proc = run_main(capsys, "--params", json.dumps({"lpips_alexnet_path": missing}), main=main)
+    line = assert_one_line_error(proc, missing, trees={tmp_path: {}})
+    assert proc.stderr == line + "\n"
     assert main(["--params", json.dumps({"lpips_backbone": "random"})]) == 0
     assert "FID: skipped" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 
 from medtraverse import cli
 from medtraverse.core.errors import InputError
+from tests.oneline import assert_one_line_error, one_line_input_error, run_main
 
 LABELS = (
     "no_finding enlarged_cardiomediastinum cardiomegaly lung_opacity lung_lesion edema "
@@ -173,10 +175,9 @@ def test_build_base_bad_params_one_line_and_nothing_written(
     tmp_path: Path, capsys: pytest.CaptureFixture, params: dict, message: str
 ) -> None:
     out = tmp_path / "base"
-    assert cli.main(["build-base", "--out", str(out), "--params", json.dumps(params)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("medtraverse build-base: error: ") and message in err
-    assert "\n" not in err and not out.exists()
+    proc = run_main(capsys, "build-base", "--out", str(out), "--params", json.dumps(params))
+    prefix = "medtraverse build-base: error: "
+    assert_one_line_error(proc, message, prefix=prefix, trees={tmp_path: {}})
 
 
 def test_check_pipeline_folder_names_the_missing_part(tiny: Path, tmp_path: Path) -> None:
@@ -223,12 +224,12 @@ def test_train_vae_refuses_a_real_base_and_bad_images(tiny: Path, tmp_path: Path
 
     prep = make_prep(tmp_path / "prep")
     pointer = build_base(tmp_path / "real", {"base": str(tiny)})
-    with pytest.raises(InputError, match="demo only"):
+    with one_line_input_error("demo only", untouched=[tmp_path / "out"]):
         train_vae(pointer, prep, tmp_path / "out", {"steps": 1})
     Image.new("RGB", (16, 16)).save(prep / "images" / "img001.png")
-    with pytest.raises(InputError, match=r"image_id='img001'.*16x16; expected 32x32"):
+    wrong_size = re.compile(r"image_id='img001'.*16x16; expected 32x32")
+    with one_line_input_error(wrong_size, untouched=[tmp_path / "out"]):
         train_vae(tiny, prep, tmp_path / "out", {"steps": 1})
-    assert not (tmp_path / "out").exists()
 
 
 def test_sample_grid_shares_the_initial_noise_across_prompts(tiny: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from medtraverse.core.errors import InputError
 from medtraverse.core.params import describe, parse_params, setting
+from tests.oneline import one_line_input_error
 
 
 @dataclass
@@ -54,9 +55,8 @@ def test_valid_settings_are_typed_and_defaults_fill_in() -> None:
     ],
 )
 def test_bad_settings_are_one_line_naming_the_key(raw: dict, message: str) -> None:
-    with pytest.raises(InputError) as err:
+    with one_line_input_error(message):
         parse_params(_Settings, raw)
-    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_describe_lists_every_setting_with_its_default() -> None:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from medtraverse.cli import main
 from tests import fakedata
+from tests.oneline import assert_one_line_error, run_main, tree
 
 LABEL_COLUMNS = [name.lower().replace(" ", "_") for name in fakedata.CHEXPERT_LABELS]
 ARTIFACTS = fakedata.ARTIFACTS
@@ -506,19 +507,12 @@ def test_bad_input_one_line_exit_2_no_manifest(tmp_path: Path, capsys, case: str
     make, needles = BAD_INPUTS[case]
     args, params = make(tmp_path)
     out = tmp_path / "prep"
-    capsys.readouterr()
     text = params if isinstance(params, str) else json.dumps(params)
     argv = ["prepare", *args, "--out", str(out), "--params", text, "--workers", "1"]
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("medtraverse prepare: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".prep")]
+    before = tree(tmp_path)
+    proc = run_main(capsys, *argv)
+    prefix = "medtraverse prepare: error: "
+    assert_one_line_error(proc, *needles, prefix=prefix, untouched=[out], trees={tmp_path: before})
 
 
 # ---------------------------------------------------------------- synthetic twins end to end

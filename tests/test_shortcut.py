@@ -22,7 +22,7 @@ from medtraverse.data.shortcut import (
     shortcut_splits,
 )
 from tests.fakedata import chexpert_row
-from tests.oneline import assert_one_line_error, run_cli
+from tests.oneline import assert_one_line_error, one_line_input_error, run_cli
 
 PE, SD = "Pleural_Effusion", "Support_Devices"
 
@@ -131,7 +131,7 @@ def test_splits_counts_ratios_and_patient_disjointness(tmp_path: Path, ratio: fl
 def test_fixed_majority_that_does_not_fit_is_one_line(tmp_path: Path) -> None:
     table = _read(_table(100), tmp_path)
     params = parse_params(SplitParams, {"test_per_group": 5, "majority_per_group": 10**6})
-    with pytest.raises(Exception, match="majority_per_group: 1000000 does not fit"):
+    with one_line_input_error("majority_per_group: 1000000 does not fit"):
         make_splits(assign_groups(table, params), params)
 
 

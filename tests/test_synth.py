@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from medtraverse import cli
 from medtraverse.data.synth import detect, synthesize
+from tests.oneline import assert_one_line_error, run_main
 
 CHEXPERT_COLUMNS = [
     "Path",
@@ -280,12 +281,10 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
 ) -> None:
     out = tmp_path / "twin"
-    code = cli.main(["synth", *argv, "--out", str(out), "--n", "4"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert len(err.strip().splitlines()) == 1 and needle in err
-    assert err.startswith("medtraverse synth: error:")
-    assert list(tmp_path.iterdir()) == []
+    proc = run_main(capsys, "synth", *argv, "--out", str(out), "--n", "4")
+    prefix = "medtraverse synth: error:"
+    assert_one_line_error(proc, needle, prefix=prefix, trees={tmp_path: {}})
+    assert proc.stderr.startswith(prefix)
 
 
 def test_a_failed_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

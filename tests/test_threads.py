@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from medtraverse.core.errors import InputError
 from medtraverse.core.threads import allowed_cpus, resolve_threads
+from tests.oneline import one_line_input_error
 from tests.workflow_utils import env
 
 
@@ -43,7 +43,7 @@ def test_resolve_threads_order_and_cap(
 def test_bad_thread_counts_are_one_line(
     requested: int | None, environ: dict[str, str], needle: str
 ) -> None:
-    with pytest.raises(InputError, match=needle):
+    with one_line_input_error(needle):
         resolve_threads(requested, environ, 4)
 
 

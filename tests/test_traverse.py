@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load_file
 
 from medtraverse import cli
-from medtraverse.core.errors import InputError
 from medtraverse.traversal.engine import (
     TraverseParams,
     UNetCounter,
@@ -26,6 +25,7 @@ from medtraverse.traversal.engine import (
     seed_blocks,
     traverse_shard,
 )
+from tests.oneline import assert_one_line_error, one_line_input_error, run_main
 
 NEUTRAL = "Normal chest X-ray with no significant findings"
 ATTRIBUTE = "Chest X-ray showing Support Devices"
@@ -263,9 +263,8 @@ def test_params_defaults_are_the_papers() -> None:
     ],
 )
 def test_params_errors_name_the_key(raw: dict, needle: str) -> None:
-    with pytest.raises(InputError) as err:
+    with one_line_input_error(needle):
         TraverseParams.from_dict(raw)
-    assert needle in str(err.value) and "\n" not in str(err.value)
 
 
 def test_seed_blocks_align_to_batch_size() -> None:
@@ -477,13 +476,12 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(
         "--seed-count",
         "2",
     ]
-    assert (
-        cli.main([*base, "--params", '{"steps": "fifty", "neutral": "a", "attribute": "b"}']) == 2
-    )
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("medtraverse traverse: error: params.steps") and "\n" not in err
-    assert cli.main([*base, "--params", '{"neutral": "a"}']) == 2
-    assert "--attribute" in capsys.readouterr().err
+    prefix, empty = "medtraverse traverse: error: ", {tmp_path: {}}
+    steps = '{"steps": "fifty", "neutral": "a", "attribute": "b"}'
+    proc = run_main(capsys, *base, "--params", steps)
+    assert_one_line_error(proc, prefix=prefix + "params.steps", trees=empty)
+    proc = run_main(capsys, *base, "--params", '{"neutral": "a"}')
+    assert_one_line_error(proc, "--attribute", prefix=prefix, trees=empty)
     missing = [
         *base[:2],
         str(tmp_path / "missing"),
@@ -493,9 +491,8 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(
         "--attribute",
         "b",
     ]
-    assert cli.main(missing) == 2
-    assert str(tmp_path / "missing") in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
+    proc = run_main(capsys, *missing)
+    assert_one_line_error(proc, str(tmp_path / "missing"), prefix=prefix, trees=empty)
 
 
 def test_auto_batching_is_exact_at_one_seed_per_batch_and_fast_above() -> None:
