@@ -6,6 +6,7 @@ Small enough to write in a test's tmp_path in well under a second.
 from __future__ import annotations
 
 import csv
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +200,48 @@ def write_prep(root: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
         rows.append(row)
     pd.DataFrame(rows).to_parquet(root / "manifest.parquet", index=False)
     return root
+
+
+def noise_pixels(seed: int, size: int = 32, grey: bool = False) -> np.ndarray:
+    """A seeded noise image (uint8; RGB unless ``grey``)."""
+    shape = (size, size) if grey else (size, size, 3)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def write_shard(
+    shard: Path,
+    seeds: tuple[int, ...] | range = (0, 1),
+    ks: tuple[int, ...] = (5, 10, 15, 45),
+    frames: int = 4,
+    pixels: Any = None,
+    **columns: Any,
+) -> Any:
+    """The one fake of the traversal shard contract (what score, aggregate and the shortcut
+    study read): per seed a neutral image ``images/<seed>/neutral.png``, a swap image
+    ``images/<seed>/k<k:02d>.png`` per k, Bezier frames ``frames/<seed>/f<frame:03d>.png``, and
+    ``meta.parquet`` with one row per image (seed, kind, k, frame, t, path, then ``columns`` as
+    constants). ``pixels(seed, kind, k, frame)`` draws each image, called in row order (default:
+    noise seeded by the image's path). Returns the meta table."""
+    import pandas as pd
+
+    rows = []
+    for seed in seeds:
+        items = [("neutral", -1, -1, float("nan"), f"images/{seed}/neutral.png")]
+        items += [("swap", k, -1, float("nan"), f"images/{seed}/k{k:02d}.png") for k in ks]
+        items += [
+            ("bezier", -1, f, f / max(frames - 1, 1), f"frames/{seed}/f{f:03d}.png")
+            for f in range(frames)
+        ]
+        for kind, k, frame, t, rel in items:
+            (shard / rel).parent.mkdir(parents=True, exist_ok=True)
+            if pixels is None:
+                img = noise_pixels(zlib.crc32(rel.encode()))
+            else:
+                img = pixels(seed, kind, k, frame)
+            Image.fromarray(img).save(shard / rel)
+            row = {"seed": seed, "kind": kind, "k": k, "frame": frame, "t": t, "path": rel}
+            rows.append({**row, **columns})
+    shard.mkdir(parents=True, exist_ok=True)
+    meta = pd.DataFrame(rows)
+    meta.to_parquet(shard / "meta.parquet", index=False)
+    return meta

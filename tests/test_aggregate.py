@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from medtraverse.core.errors import InputError
+from tests.fakedata import write_shard
 from tests.oneline import one_line_input_error
 
 ATTRS = ("support_devices", "pleural_effusion")
@@ -49,9 +50,13 @@ def write_trajectory(root: Path, dataset: str, trajectory: str, truth: bool) -> 
     target = trajectory
     other = [a for a in ATTRS if a != target][0]
     rng = np.random.default_rng(len(trajectory))
+
+    def pixels(seed: int, kind: str, k: int, frame: int) -> np.ndarray:
+        return rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
+
     for shard_no, seeds in enumerate(((0, 1, 2), (3, 4, 5))):
         shard = root / "traversals" / dataset / trajectory / f"shard-{shard_no:04d}"
-        rows, latents = [], {}
+        latents = {}
         for seed in seeds:
             z0 = np.full((4, 2, 2), float(seed), dtype=np.float32)
             latents[f"{seed}/neutral"] = z0
@@ -59,36 +64,12 @@ def write_trajectory(root: Path, dataset: str, trajectory: str, truth: bool) -> 
             e1[0, 0, 0], e2[1, 0, 0] = 1.0, 1.0
             for k in KS:
                 latents[f"{seed}/k{k}"] = z0 + (50 - k) * e1 + (45 * e2 if k == 5 else 0)
-            items = [("neutral", -1, -1, math.nan, f"images/{seed}/neutral.png")]
-            items += [("swap", k, -1, math.nan, f"images/{seed}/k{k:02d}.png") for k in KS]
-            items += [
-                ("bezier", -1, f, f / (FRAMES - 1), f"frames/{seed}/f{f:03d}.png")
-                for f in range(FRAMES)
-            ]
-            for kind, k, frame, t, rel in items:
-                (shard / rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)).save(
-                    shard / rel
-                )
-                pt, po = p_values(seed, kind, k, frame)
-                rows.append(
-                    {
-                        "seed": seed,
-                        "kind": kind,
-                        "k": k,
-                        "frame": frame,
-                        "t": t,
-                        "path": rel,
-                        "dataset": dataset,
-                        "trajectory": trajectory,
-                        f"p_{target}": pt,
-                        f"p_{other}": po,
-                    }
-                )
-        meta = pd.DataFrame(rows)
-        meta[["seed", "kind", "k", "frame", "t", "path", "dataset", "trajectory"]].assign(
-            prompt="x"
-        ).to_parquet(shard / "meta.parquet", index=False)
+        meta = write_shard(
+            shard, seeds, KS, FRAMES, pixels, dataset=dataset, trajectory=trajectory, prompt="x"
+        )
+        p = [p_values(*row) for row in meta[["seed", "kind", "k", "frame"]].itertuples(False)]
+        meta = meta.drop(columns="prompt")
+        meta[f"p_{target}"], meta[f"p_{other}"] = [x[0] for x in p], [x[1] for x in p]
         save_file(latents, str(shard / "latents.safetensors"))
         scores = meta.copy()
         scores["shard"] = shard.name

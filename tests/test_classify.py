@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from medtraverse.core.errors import InputError
+from tests import fakedata
 from tests.oneline import assert_one_line_error, one_line_input_error, run_main
 
 QUICK = {
@@ -182,47 +183,18 @@ def test_pretrained_local_file_and_offline_hub(tmp_path: Path) -> None:
 def write_shard(
     shard: Path, seeds=(0, 1), ks=(5, 10, 15, 45), frames: int = 4, size: int = 32
 ) -> None:
-    """A fake traversal shard per the contract: PNGs and meta.parquet."""
+    """A fake traversal shard (fakedata's one fake of the contract): a bright bar on the swaps
+    and on every other Bezier frame, so the 'bar' classifier has something to see."""
     rng = np.random.default_rng(1)
-    rows = []
-    for seed in seeds:
-        items = [
-            ("neutral", -1, -1, float("nan"), f"images/{seed}/neutral.png", draw(0, 0, rng, size))
-        ]
-        items += [
-            ("swap", k, -1, float("nan"), f"images/{seed}/k{k:02d}.png", draw(1, 0, rng, size))
-            for k in ks
-        ]
-        items += [
-            (
-                "bezier",
-                -1,
-                f,
-                f / max(frames - 1, 1),
-                f"frames/{seed}/f{f:03d}.png",
-                draw(f % 2, 0, rng, size),
-            )
-            for f in range(frames)
-        ]
-        for kind, k, frame, t, rel, img in items:
-            (shard / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(shard / rel)
-            rows.append(
-                {
-                    "seed": seed,
-                    "kind": kind,
-                    "k": k,
-                    "frame": frame,
-                    "t": t,
-                    "path": rel,
-                    "prompt": "p",
-                    "neutral_prompt": "n",
-                    "attribute_prompt": "a",
-                    "dataset": "chexpert",
-                    "trajectory": "bar",
-                }
-            )
-    pd.DataFrame(rows).to_parquet(shard / "meta.parquet", index=False)
+
+    def pixels(seed: int, kind: str, k: int, frame: int) -> np.ndarray:
+        bar = {"neutral": 0, "swap": 1}.get(kind, frame % 2)
+        return draw(bar, 0, rng, size)
+
+    names = {"prompt": "p", "neutral_prompt": "n", "attribute_prompt": "a"}
+    fakedata.write_shard(
+        shard, seeds, ks, frames, pixels, **names, dataset="chexpert", trajectory="bar"
+    )
 
 
 def test_score_shard_gives_p_columns_for_every_row(tmp_path: Path, trained) -> None:

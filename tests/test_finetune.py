@@ -16,10 +16,8 @@ FAST = {"train_batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate"
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medtraverse.models.pipeline import build_tiny_pipeline
-
-    return build_tiny_pipeline(tmp_path_factory.mktemp("base") / "tiny", seed=0)
+def base(tiny_model: Path) -> Path:
+    return tiny_model  # conftest's one tiny pipeline (read only: tests write elsewhere)
 
 
 @pytest.fixture(scope="module")

@@ -63,10 +63,8 @@ def make_prep(root: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medtraverse.models.pipeline import build_tiny_pipeline
-
-    return build_tiny_pipeline(tmp_path_factory.mktemp("base") / "tiny", seed=0)
+def tiny(tiny_model: Path) -> Path:
+    return tiny_model  # conftest's one tiny pipeline (read only: tests write elsewhere)
 
 
 def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -13,8 +13,8 @@ import pytest
 from medtraverse.core.errors import InputError
 from medtraverse.core.io import atomic_path, check_output
 from tests import test_aggregate, test_classify, test_traverse
+from tests.fakedata import write_shard
 from tests.oneline import assert_one_line_error, run_cli
-from tests.test_classify import write_shard
 
 # the other modules' fixtures, shared by name: a tiny trained classifier, a tiny pipeline folder,
 # fake score parquets with their shards

@@ -21,7 +21,7 @@ from medtraverse.data.shortcut import (
     make_splits,
     shortcut_splits,
 )
-from tests.fakedata import chexpert_row
+from tests.fakedata import chexpert_row, noise_pixels, write_shard
 from tests.oneline import assert_one_line_error, one_line_input_error, run_cli
 
 PE, SD = "Pleural_Effusion", "Support_Devices"
@@ -256,23 +256,12 @@ def _png(path: Path, seed: int) -> None:
 
 
 def _shard(root: Path, trajectory: str, seeds: range, prompt: str) -> Path:
-    rows = []
-    for seed in seeds:
-        for kind, k in (("neutral", -1), ("swap", 5), ("swap", 10)):
-            rel = f"images/{seed}/{'neutral' if k < 0 else f'k{k:02d}'}.png"
-            _png(root / rel, seed * 100 + k + 1)
-            rows.append(
-                {
-                    "seed": seed,
-                    "kind": kind,
-                    "k": k,
-                    "path": rel,
-                    "prompt": prompt,
-                    "trajectory": trajectory,
-                }
-            )
-    root.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_parquet(root / "meta.parquet", index=False)
+    """A counterfactual shard (fakedata's one fake of the contract): neutral, k=5, k=10."""
+
+    def pixels(seed: int, kind: str, k: int, frame: int) -> np.ndarray:
+        return noise_pixels(seed * 100 + k + 1, grey=True)
+
+    write_shard(root, seeds, (5, 10), 0, pixels, prompt=prompt, trajectory=trajectory)
     return root
 
 
