@@ -63,7 +63,15 @@ STAGES: dict[str, tuple[str, str]] = {
         "medtraverse.report.aggregate",
         "CFRT, LPIPS, cosine, t-SNE, FID with bootstrap CIs",
     ),
+    "aggregate-real": (
+        "medtraverse.report.real",
+        "real images: inversion error, CFRT per k, LPIPS, identity change, the recommended k",
+    ),
     "figures": ("medtraverse.report.figures", "traversal grids, Bezier strips and metric plots"),
+    "viewer": (
+        "medtraverse.report.viewer",
+        "one self-contained HTML page per dataset to slide through the trajectories",
+    ),
     "shortcut-splits": (
         "medtraverse.data.shortcut",
         "confounded train/val and balanced/imbalanced test splits (shortcut study)",
@@ -87,7 +95,9 @@ STAGES: dict[str, tuple[str, str]] = {
 
 # Stages that start no compute (no --threads), and compute stages that never load torch.
 NO_THREADS = frozenset({"provenance", "audit", "submit"})
-TORCH_FREE = frozenset({"synth", "prepare", "figures", "shortcut-splits", "shortcut-report"})
+TORCH_FREE = frozenset(
+    {"synth", "prepare", "figures", "viewer", "shortcut-splits", "shortcut-report"}
+)
 
 
 def _usage() -> str:
