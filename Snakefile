@@ -30,6 +30,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/traverse.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/viewer.smk"
 
 
 if "shortcut" in config:

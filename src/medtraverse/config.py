@@ -36,6 +36,7 @@ STAGE_SETTINGS: dict[str, str] = {
     "classifiers.params": "medtraverse.evaluation.classify:ClassifierParams",
     "score": "medtraverse.evaluation.score:ScoreParams",
     "metrics": "medtraverse.report.aggregate:MetricsParams",
+    "viewer": "medtraverse.report.viewer:ViewerParams",
     "invert.params": "medtraverse.traversal.invert:InvertParams",
     "annotate": "medtraverse.evaluation.artifacts:AnnotateParams",
 }
