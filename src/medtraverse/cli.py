@@ -96,7 +96,15 @@ STAGES: dict[str, tuple[str, str]] = {
 # Stages that start no compute (no --threads), and compute stages that never load torch.
 NO_THREADS = frozenset({"provenance", "audit", "submit"})
 TORCH_FREE = frozenset(
-    {"synth", "prepare", "figures", "viewer", "shortcut-splits", "shortcut-report"}
+    {
+        "synth",
+        "prepare",
+        "aggregate-real",
+        "figures",
+        "viewer",
+        "shortcut-splits",
+        "shortcut-report",
+    }
 )
 
 
