@@ -215,13 +215,17 @@ def test_bad_input_is_one_line_and_writes_nothing(
 ) -> None:
     out = tmp_path / "v.html"
     shard = str(run / "traversals/chexpert/support_devices/shard-0000")
+    gone = tmp_path / "shard-0000"  # a copy missing one image the page would show
+    shutil.copytree(shard, gone)
+    (gone / "images/0/k10.png").unlink()
     cases = [
         (["--traversals", shard, "--params", '{"seeds": 0}'], "params.seeds"),
         (["--traversals", shard, "--params", '{"colour": 1}'], "unknown key"),
         (["--traversals", str(run / "traversals")], "not a traversal shard folder"),
         (["--traversals", shard, "--scores", str(run / "scores")], "folders are not searched"),
         (["--traversals", shard, shard], "given twice"),
-        (["--real-traversals", shard], "no image_id/real_path"),
+        (["--real-traversals", shard], "no column 'image_id' in meta.parquet"),
+        (["--traversals", str(gone)], "image 'images/0/k10.png' not found in the shard"),
         ([], "no shard folder given"),
     ]
     for args, needle in cases:

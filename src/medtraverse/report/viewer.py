@@ -38,6 +38,7 @@ import io
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,9 @@ import pandas as pd
 
 from medtraverse.core.errors import bad_input
 from medtraverse.core.inputs import exact_files
+from medtraverse.core.io import read_parquet
 from medtraverse.core.params import load_params, parse_params, setting
-from medtraverse.evaluation.score import read_shard_meta
+from medtraverse.evaluation.score import META_COLUMNS
 from medtraverse.report.aggregate import read_scores, target_names
 from medtraverse.traversal.shards import shard_folders
 
@@ -134,36 +136,44 @@ def _number(value: Any) -> float | None:
 
 
 def _read_shards(folders: list[Path], option: str, real: bool) -> pd.DataFrame:
+    """The shards' meta rows with their folder; image paths are checked only for the rows the
+    page shows (a paper-scale trajectory holds 150,000 images)."""
     parts = []
     for folder in folders:
-        meta = read_shard_meta(folder)
+        where = folder / "meta.parquet"
+        meta = read_parquet(where, "a traversal shard's meta.parquet")
+        needed = [*META_COLUMNS, *(("image_id", "real_path") if real else ())]
+        missing = [c for c in needed if c not in meta.columns]
+        if missing:
+            made_by = "medtraverse traverse-real" if real else "medtraverse traverse"
+            raise bad_input(
+                f"{option} {folder}",
+                f"no column {missing[0]!r} in meta.parquet",
+                f"a shard written by '{made_by}'",
+            )
         if "trajectory" not in meta.columns:
             meta["trajectory"] = folder.parent.name
         if "dataset" not in meta.columns:
             meta["dataset"] = folder.parent.parent.name
-        if real:
-            if "real_path" not in meta.columns or "image_id" not in meta.columns:
-                raise bad_input(
-                    f"{option} {folder}",
-                    "no image_id/real_path columns in meta.parquet",
-                    "a shard written by 'medtraverse traverse-real'",
-                )
-            meta["real_abs"] = [_inside(folder, str(rel), option) for rel in meta["real_path"]]
+        meta["shard_dir"] = str(folder)
         parts.append(meta)
     if not parts:
-        return pd.DataFrame(columns=[*KEY, "dataset", "abs_path"])
+        return pd.DataFrame(columns=[*KEY, "dataset", "path", "shard_dir"])
     meta = pd.concat(parts, ignore_index=True)
     for col in ("seed", "k", "frame"):
         meta[col] = meta[col].astype(int)
     return meta
 
 
-def _inside(folder: Path, rel: str, option: str) -> Path:
-    root = folder.resolve()
-    path = (root / rel).resolve()
+def _inside(folder: str, rel: Any) -> Path:
+    """A path of a shard's meta.parquet, checked to be an existing file inside the shard."""
+    root = Path(folder).resolve()
+    path = (root / str(rel)).resolve()
     if not rel or not path.is_relative_to(root) or not path.is_file():
         raise bad_input(
-            f"{option} {folder}", f"real image {rel!r} not found", "real_path inside the shard"
+            Path(folder) / "meta.parquet",
+            f"image {str(rel)!r} not found in the shard",
+            "paths of existing images inside the shard",
         )
     return path
 
@@ -193,7 +203,7 @@ def _frame_subset(frames: list[int], limit: int | None) -> list[int]:
 
 def _entry(row: Any, attrs: list[str], images: ImageTable) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "i": images.add(Path(row.abs_path)),
+        "i": images.add(_inside(row.shard_dir, row.path)),
         "p": [_number(getattr(row, f"p_{a}", None)) for a in attrs],
     }
     for col, key in (("lpips", "l"), ("lpips_real", "r")):
@@ -210,7 +220,8 @@ def _items(
     out = []
     for seed in seeds:
         rows = meta[meta["seed"] == seed]
-        swaps = rows[rows["kind"] != "bezier"].assign(_n=lambda d: d["kind"] != "neutral")
+        swaps = rows[rows["kind"].isin(("neutral", "swap"))]
+        swaps = swaps.assign(_n=swaps["kind"] == "swap")
         swaps = swaps.sort_values(["_n", "k"])
         frames = rows[rows["kind"] == "bezier"].sort_values("frame")
         shown = set(_frame_subset(list(frames["frame"]), spec.frames))
@@ -228,7 +239,7 @@ def _items(
         if real:
             item["id"] = f"real-{first['image_id']}"
             item["label"] = str(first["image_id"])
-            item["real"] = images.add(Path(first["real_abs"]))
+            item["real"] = images.add(_inside(first["shard_dir"], first["real_path"]))
         else:
             item["id"] = f"seed-{int(seed)}"
             item["label"] = f"seed {int(seed)}"
@@ -247,14 +258,16 @@ def _order(attrs: list[str], target: Any) -> tuple[list[str], list[str]]:
 
 
 def viewer_data(
-    traversals: list[Path],
-    scores: list[Path],
+    traversals: Sequence[Path],
+    scores: Sequence[Path],
     spec: ViewerParams,
-    real_traversals: list[Path] = (),  # type: ignore[assignment]
-    real_scores: list[Path] = (),  # type: ignore[assignment]
+    real_traversals: Sequence[Path] = (),
+    real_scores: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """The page's data: trajectories, their seeds and real images, and the image table."""
-    seed_meta, seed_attrs = _join(_read_shards(traversals, "--traversals", False), scores)
+    seed_meta, seed_attrs = _join(
+        _read_shards(list(traversals), "--traversals", False), list(scores)
+    )
     real_meta, real_attrs = _join(
         _read_shards(list(real_traversals), "--real-traversals", True), list(real_scores)
     )
@@ -510,12 +523,12 @@ def render_html(data: dict[str, Any], spec: ViewerParams) -> str:
 
 
 def write_viewer(
-    traversals: list[Path],
-    scores: list[Path],
+    traversals: Sequence[Path],
+    scores: Sequence[Path],
     out: Path,
     params: dict[str, Any],
-    real_traversals: list[Path] = (),  # type: ignore[assignment]
-    real_scores: list[Path] = (),  # type: ignore[assignment]
+    real_traversals: Sequence[Path] = (),
+    real_scores: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Write the page to ``out`` (atomically) with its provenance record; returns the data."""
     from medtraverse.core import provenance
