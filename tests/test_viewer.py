@@ -45,7 +45,7 @@ BROWSER_FLAGS = (
 
 def strength(kind: str, k: int, frame: int) -> float:
     """How much of the attribute an image shows: 0 neutral, more the earlier the swap."""
-    if kind == "neutral":
+    if kind in ("neutral", "real"):
         return 0.0
     if kind == "swap":
         return (50 - k) / 45
@@ -75,6 +75,8 @@ def xray(seed: int, trajectory: str, size: int = 48) -> Any:
 
 def probability(trajectory: str, attribute: str, seed: int, kind: str, k: int, f: int) -> float:
     """Distinct three-decimal probabilities: the page's text must show exactly these."""
+    if kind == "real":  # unlike its reconstruction (the neutral image)
+        return round(0.3 + 0.01 * seed + (0.05 if attribute == trajectory else 0), 3)
     if attribute == trajectory:
         return round(0.05 + 0.85 * strength(kind, k, f) + 0.001 * seed, 3)
     return round(0.1 + 0.002 * seed + 0.003 * max(k, 0) + 0.007 * max(f, 0), 3)
@@ -85,7 +87,12 @@ def write_scores(meta: pd.DataFrame, out: Path, trajectory: str, real: bool) -> 
     scores = meta[["seed", "kind", "k", "frame", "t", "path", "dataset", "trajectory"]].copy()
     for attr in TRAJECTORIES:
         scores[f"p_{attr}"] = [probability(trajectory, attr, *r) for r in rows]
-    scores["lpips"] = [round(0.2 * strength(*r[1:]) + 0.0001 * r[0], 4) for r in rows]
+    scores["lpips"] = [
+        round(
+            0.0321 + 0.001 * r[0] if r[1] == "real" else 0.2 * strength(*r[1:]) + 0.0001 * r[0], 4
+        )
+        for r in rows
+    ]
     scores["lpips_backbone"] = "random"
     if real:
         scores["lpips_real"] = [round(0.05 + 0.1 * strength(*r[1:]), 4) for r in rows]
@@ -119,7 +126,12 @@ def write_run(root: Path, seeds_per_shard: int = 2, shards: int = 2, size: int =
         Image.fromarray(xray(2 + seed, traj, size)(seed, "neutral", -1, -1)).save(
             shard / "images" / str(seed) / "real.png"
         )
-    write_scores(meta, root / "scores-real" / "chexpert" / traj / "shard-0000.parquet", traj, True)
+    # the score contract of real shards: a "real" row per image, the real image itself, first
+    reals = meta.drop_duplicates("seed").assign(kind="real", path=lambda d: d["real_path"])
+    scored = pd.concat([reals, meta]).sort_values("seed", kind="stable")
+    write_scores(
+        scored, root / "scores-real" / "chexpert" / traj / "shard-0000.parquet", traj, True
+    )
     return root
 
 
@@ -319,7 +331,18 @@ def test_the_script_moves_the_sliders_in_chromium(
     assert swap["src"] == expected(data, "support_devices", "real-img001", "swap", 3)["src"]
     assert re.search(r'class="panel" id="real-panel"', dom)
     real = next(t for t in data["trajectories"] if t["name"] == "support_devices")["items"][-1]
-    assert data["images"][real["real"]] in re.search(r'<img[^>]*id="real-img"[^>]*>', dom).group(0)
+    img = re.search(r'<img[^>]*id="real-img"[^>]*>', dom)
+    assert img and f'src="{data["images"][real["real"]["i"]]}"' in img.group(0)
+    scores = pd.read_parquet(run / "scores-real/chexpert/support_devices/shard-0000.parquet")
+    mine = scores[(scores.seed == 1) & (scores.kind == "real")].iloc[0]
+    assert shown(dom, "real")["probs"] == [
+        f"{mine.p_support_devices:.3f}",
+        f"{mine.p_pleural_effusion:.3f}",
+    ]
+    assert (
+        shown(dom, "real")["lpips"]
+        == f"LPIPS of the reconstruction (neutral) to it {mine.lpips:.3f}"
+    )
 
 
 def test_a_broken_script_fails_the_dom_check(page: Path, browser: str, tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ fetch. Pick a trajectory and a seed or a real image, then drag one slider throug
 classifier probabilities (the score files' ``p_<attribute>`` columns, the trajectory's target
 first and marked), LPIPS (``lpips``: a swap to its neutral image, a frame to frame 0) and, for
 real images, ``lpips_real`` (to the real image) when the scores carry it, with a small plot of
-each probability along the slider.
+each probability along the slider. A real image is shown beside them with its own scores (the
+score files' ``real`` row: its probabilities, and ``lpips`` of its reconstruction to it).
 
 The URL fragment sets the state through the same events a user's drag fires:
 ``#traj=<name>&item=<seed-<n> | real-<id>>&k=<k | neutral>&frame=<n>``; the page then marks
@@ -156,6 +157,10 @@ def _read_shards(folders: list[Path], option: str, real: bool) -> pd.DataFrame:
         if "dataset" not in meta.columns:
             meta["dataset"] = folder.parent.parent.name
         meta["shard_dir"] = str(folder)
+        if real:  # a row for the real image itself, as the score files of real shards hold
+            first = meta.drop_duplicates("seed")
+            first = first.assign(kind="real", k=-1, frame=-1, t=math.nan, path=first["real_path"])
+            meta = pd.concat([meta, first], ignore_index=True)
         parts.append(meta)
     if not parts:
         return pd.DataFrame(columns=[*KEY, "dataset", "path", "shard_dir"])
@@ -239,7 +244,8 @@ def _items(
         if real:
             item["id"] = f"real-{first['image_id']}"
             item["label"] = str(first["image_id"])
-            item["real"] = images.add(_inside(first["shard_dir"], first["real_path"]))
+            real_row = next(rows[rows["kind"] == "real"].itertuples(index=False))
+            item["real"] = _entry(real_row, attrs, images)
         else:
             item["id"] = f"seed-{int(seed)}"
             item["label"] = f"seed {int(seed)}"
@@ -421,8 +427,10 @@ function selectItem(){
   });
   var realPanel = $("real-panel");
   if (item.real === undefined){ realPanel.classList.add("hidden"); }
-  else { realPanel.classList.remove("hidden"); $("real-img").src = DATA.images[item.real];
-    $("real-pos").textContent = item.label; }
+  else { realPanel.classList.remove("hidden"); $("real-img").src = DATA.images[item.real.i];
+    $("real-pos").textContent = item.label; probs($("real-probs"), state.traj, item.real);
+    $("real-lpips").textContent = item.real.l === undefined ? "" :
+      "LPIPS of the reconstruction (neutral) to it " + fmt(item.real.l); }
   var text = [];
   if (item.neutral) text.push("neutral: \u201c" + item.neutral + "\u201d");
   if (item.attribute) text.push("attribute: \u201c" + item.attribute + "\u201d");
@@ -501,7 +509,9 @@ def render_html(data: dict[str, Any], spec: ViewerParams) -> str:
     blob = blob.replace("<", "\\u003c")  # no "</script>" inside the data
     real = (
         '<div class="panel hidden" id="real-panel"><h2>real image: <span class="pos" '
-        'id="real-pos"></span></h2><img id="real-img" alt="real image"></div>'
+        'id="real-pos"></span></h2><img id="real-img" alt="real image">'
+        '<table class="probs" id="real-probs"></table><div class="lpips" id="real-lpips"></div>'
+        "</div>"
     )
     return (
         "<!DOCTYPE html>\n"
