@@ -13,10 +13,21 @@ Optional columns:
 
 - ``truth_<factor>``: the synthetic twins' ground-truth detector scores, when the param
   ``truth_detector`` is "chexpert" or "isic" (``medtraverse.data.synth.detect.detect_<name>``).
+- ``id_<factor>``: with ``truth_detector``, the twin's identity measurements
+  (``detect.<name>_identity``: anatomy or lesion and skin, in fractions of the image), which an
+  edit should leave alone.
 - ``lpips`` (+ ``lpips_backbone``): LPIPS of each swap to the seed's neutral image and of each
   Bezier frame to frame 0 (0 for the reference images themselves), when the param
   ``lpips_backbone`` is set ("alex" or "random"; see backbones.py). Computing it here keeps the
   GPU work sharded; aggregate uses this column when present and computes LPIPS itself otherwise.
+
+Real-image shards (``traversal.real``: meta with a ``real_path`` column) also get one row of kind
+``real`` per image, before its other rows: the real image itself (``seed``, ``image_id`` as its
+other rows, ``k`` and ``frame`` -1 and ``t`` NaN as for neutral), scored like every row; the
+score file then keeps ``image_id``, and with ``lpips_backbone`` set gets ``lpips_real``: LPIPS of
+each row's image to its real image (0 for the real row). ``lpips`` keeps its meaning: to the
+neutral image, which here is the reconstruction (so the real row's ``lpips`` is the
+reconstruction's distance to it).
 
 Params: batch_size 64, device "auto", amp true, truth_detector None, lpips_backbone None,
 lpips_alexnet_path None, lpips_random_seed 0.
@@ -37,7 +48,8 @@ from medtraverse.core.errors import InputError, bad_input
 from medtraverse.core.params import load_params, parse_params, setting
 
 META_COLUMNS = ("seed", "kind", "k", "frame", "t", "path")
-KINDS = ("neutral", "swap", "bezier")
+KINDS = ("neutral", "swap", "bezier")  # a shard's meta.parquet
+SCORE_KINDS = (*KINDS, "real")  # a score file (real: real-image shards only)
 TRUTH_DETECTORS = ("chexpert", "isic")
 
 
@@ -80,25 +92,49 @@ def read_shard_meta(shard: Path) -> pd.DataFrame:
         raise bad_input(
             f"{meta_path} row {row}", f"kind {meta['kind'].iloc[row]!r}", "neutral, swap or bezier"
         )
+    meta = meta.reset_index(drop=True).copy()
+    meta["abs_path"] = _shard_paths(shard, meta["path"], "path")
+    return meta
+
+
+def _shard_paths(shard: Path, rels: Any, column: str) -> list[Path]:
+    """Absolute paths of the images ``rels`` (a meta column), each inside the shard and present."""
+    meta_path = shard / "meta.parquet"
     root = shard.resolve()
     paths = []
-    for row, rel in enumerate(meta["path"]):
+    for row, rel in enumerate(rels):
         path = (root / str(rel)).resolve()
         if not path.is_relative_to(root):
             raise bad_input(
                 f"{meta_path} row {row}",
-                f"path {rel!r} escapes the shard",
+                f"{column} {rel!r} escapes the shard",
                 "a path inside the shard",
             )
-        if not path.is_file():
+        if not str(rel) or not path.is_file():
             raise bad_input(f"{meta_path} row {row}", f"image {rel!r} not found", "an existing PNG")
         paths.append(path)
-    meta = meta.reset_index(drop=True).copy()
-    meta["abs_path"] = paths
-    return meta
+    return paths
 
 
-def _load_detector(name: str) -> Any:
+def with_real_rows(meta: pd.DataFrame, shard: Path) -> pd.DataFrame:
+    """``meta`` (from ``read_shard_meta``) with a row of kind ``real`` before each image's rows
+    when it is a real-image shard (a ``real_path`` column); unchanged otherwise."""
+    if "real_path" not in meta.columns:
+        return meta
+    first = ~meta["seed"].duplicated()
+    real = meta[first].copy()
+    real["abs_path"] = _shard_paths(shard, real["real_path"], "real_path")
+    real["kind"], real["k"], real["frame"], real["t"] = "real", -1, -1, np.nan
+    real["path"] = real["real_path"]
+    rank = {seed: i for i, seed in enumerate(meta.loc[first, "seed"])}
+    both = pd.concat([real, meta], ignore_index=True)
+    order = np.lexsort((both["kind"] != "real", both["seed"].map(rank).to_numpy()))
+    return both.iloc[order].reset_index(drop=True)
+
+
+def _load_detector(name: str, pattern: str = "detect_{}") -> Any:
+    """``medtraverse.data.synth.detect``'s function ``pattern`` for the twin ``name``
+    (``detect_{}``: the findings, ``{}_identity``: the identity measurements)."""
     try:
         from medtraverse.data.synth import detect
     except ImportError as err:
@@ -106,12 +142,12 @@ def _load_detector(name: str) -> Any:
             f"params.truth_detector: {name!r} needs medtraverse.data.synth.detect ({err}); "
             "expected the synth package to be installed"
         ) from None
-    fn = getattr(detect, f"detect_{name}", None)
+    fn = getattr(detect, pattern.format(name), None)
     if fn is None:
         raise bad_input(
             "params.truth_detector",
-            f"medtraverse.data.synth.detect has no detect_{name}",
-            "detect_chexpert or detect_isic",
+            f"medtraverse.data.synth.detect has no {pattern.format(name)}",
+            " or ".join(pattern.format(n) for n in TRUTH_DETECTORS),
         )
     return fn
 
@@ -123,10 +159,14 @@ def _read_rgb(path: Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def lpips_column(meta: pd.DataFrame, params: dict[str, Any], device: str) -> tuple[np.ndarray, str]:
-    """LPIPS of each row to its reference (neutral for swaps, frame 0 for frames), at the
-    images' own resolution, inputs in [-1, 1]; images are read again batch by batch (only the
-    reference images stay in memory)."""
+def lpips_column(
+    meta: pd.DataFrame, params: dict[str, Any], device: str, reference: str = "neutral"
+) -> tuple[np.ndarray, str]:
+    """LPIPS of each row to its reference, at the images' own resolution, inputs in [-1, 1];
+    images are read again batch by batch (only the reference images stay in memory).
+
+    ``reference`` "neutral": the seed's neutral image for swaps (and real rows), frame 0 for
+    frames (0 for the neutral image); "real": the seed's ``real`` row (0 for that row)."""
     import torch
 
     from medtraverse.evaluation.backbones import load_lpips
@@ -137,22 +177,32 @@ def lpips_column(meta: pd.DataFrame, params: dict[str, Any], device: str) -> tup
     for seed, kind, frame, path in zip(
         meta["seed"], meta["kind"], meta["frame"], meta["abs_path"], strict=True
     ):
-        if kind == "neutral":
+        if kind == "neutral" and reference == "neutral":
             ref_of[(int(seed), "swap")] = path
-        elif kind == "bezier" and int(frame) == 0:
+        elif kind == "bezier" and int(frame) == 0 and reference == "neutral":
             ref_of[(int(seed), "bezier")] = path
+        elif kind == "real" and reference == "real":
+            ref_of[(int(seed), "real")] = path
+
+    def ref_kind(kind: str) -> str:
+        if reference == "real":
+            return "real"
+        return "bezier" if kind == "bezier" else "swap"
+
     values = np.zeros(len(meta))
     pairs = [
-        (i, ref_of.get((int(s), k)), p)
+        (i, ref_of.get((int(s), ref_kind(k))), p)
         for i, (s, k, p) in enumerate(
             zip(meta["seed"], meta["kind"], meta["abs_path"], strict=True)
         )
-        if k != "neutral"
+        if k != ("real" if reference == "real" else "neutral")
     ]
     for i, ref, _ in pairs:
         if ref is None:
             row = meta.iloc[i]
-            what = "neutral image" if row["kind"] == "swap" else "bezier frame 0"
+            what = {"swap": "neutral image", "bezier": "bezier frame 0", "real": "real image"}[
+                ref_kind(row["kind"])
+            ]
             raise bad_input(
                 f"meta.parquet row {i}",
                 f"seed {row['seed']} has no {what}",
@@ -206,7 +256,9 @@ def score_shard(
 
         check_backbones(spec.lpips())
     detector = _load_detector(detector_name) if detector_name else None
-    meta = read_shard_meta(shard)
+    identity = _load_detector(detector_name, "{}_identity") if detector_name else None
+    meta = with_real_rows(read_shard_meta(shard), shard)
+    real = bool((meta["kind"] == "real").any())
     device = resolve_device(spec.device)
     amp = spec.amp
     models = [load_classifier(c, device=device, amp=amp) for c in classifiers]
@@ -221,11 +273,13 @@ def score_shard(
                 )
             seen[attr] = Path(folder)
 
-    keep = [c for c in (*META_COLUMNS, "dataset", "trajectory") if c in meta.columns]
+    extra = ("dataset", "trajectory", "image_id") if real else ("dataset", "trajectory")
+    keep = [c for c in (*META_COLUMNS, *extra) if c in meta.columns]
     table = meta[keep].copy()
     table["shard"] = shard.name
     probs = {attr: np.zeros(len(meta), dtype=np.float64) for attr in seen}
     truths: dict[str, np.ndarray] = {}
+    ids: dict[str, np.ndarray] = {}
     paths = list(meta["abs_path"])
     for start in tqdm(range(0, len(paths), batch_size), desc=f"score {shard.name}", disable=None):
         chunk = paths[start : start + batch_size]
@@ -240,16 +294,21 @@ def score_shard(
                 probs[attr][start : start + len(chunk)] = p[:, j]
         if detector is not None:
             for offset, im in enumerate(native):
-                for factor, value in detector(im).items():
-                    truths.setdefault(factor, np.full(len(meta), np.nan))[start + offset] = float(
-                        value
-                    )
+                for found, fn in ((truths, detector), (ids, identity)):
+                    for factor, value in fn(im).items():
+                        found.setdefault(factor, np.full(len(meta), np.nan))[start + offset] = (
+                            float(value)
+                        )
     for attr, values in probs.items():
         table[f"p_{attr}"] = values
     for factor, values in sorted(truths.items()):
         table[f"truth_{factor}"] = values
+    for factor, values in sorted(ids.items()):
+        table[f"id_{factor}"] = values
     if spec.lpips_backbone is not None:
         table["lpips"], table["lpips_backbone"] = lpips_column(meta, spec.lpips(), device)
+        if real:
+            table["lpips_real"] = lpips_column(meta, spec.lpips(), device, reference="real")[0]
     write_parquet(table, out, stage="score")
     provenance.record(
         out,
@@ -261,6 +320,7 @@ def score_shard(
             "attributes": list(seen),
             "device": device,
             "truth_detector": detector_name,
+            **({"real_images": int((meta["kind"] == "real").sum())} if real else {}),
         },
     )
     return table

@@ -45,6 +45,13 @@ def _otsu(values: np.ndarray) -> float:
     return float(mids[int(np.argmax(between))])
 
 
+def _smoothed(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The slightly smoothed X-ray and its central box (where the body is)."""
+    h, w = g.shape
+    gs = ndimage.gaussian_filter(g, sigma=max(0.5, min(h, w) / 64))
+    return gs, gs[int(0.2 * h) : int(0.8 * h), int(0.2 * w) : int(0.8 * w)]
+
+
 def _lung_map(g: np.ndarray) -> np.ndarray | None:
     """Continuous "lungness" in [0, 1] (1 = aerated lung), zero outside the two lung fields.
 
@@ -52,9 +59,7 @@ def _lung_map(g: np.ndarray) -> np.ndarray | None:
     dark parts that touch the border (the background around the body). Lungness ramps from the
     lung level to the tissue level, so edges are located to a fraction of a pixel.
     """
-    h, w = g.shape
-    gs = ndimage.gaussian_filter(g, sigma=max(0.5, min(h, w) / 64))
-    box = gs[int(0.2 * h) : int(0.8 * h), int(0.2 * w) : int(0.8 * w)]
+    gs, box = _smoothed(g)
     dark = gs < _otsu(box)
     lab, count = ndimage.label(dark)
     if count == 0:
@@ -176,6 +181,96 @@ def detect_chexpert(img: np.ndarray) -> dict[str, float]:
     }
 
 
+CHEXPERT_IDENTITY = ("apex_y", "body_width", "heart_x", "midline_x", "thorax_width")
+
+
+def chexpert_identity(img: np.ndarray) -> dict[str, float]:
+    """Pixel measurements of a frontal chest X-ray's anatomy, which an edit that adds support
+    devices or a pleural effusion should leave alone (the patient's identity).
+
+    Positions are fractions of the image width (x) or height (y) from the top-left corner,
+    widths fractions of the width, so values compare across resolutions. NaN when no lungs are
+    found.
+
+    - ``body_width``: the body's width, tissue against background (the 90th percentile over rows
+      of the distance between the outermost crossings of the level halfway between them).
+    - ``apex_y``: the lung apices' row (the mean of the two lungs' top edges).
+    - ``thorax_width``, ``midline_x``: the lungs' outer width and the centre of their four edges
+      over the upper lung band (10-30% of the lung height below the apex), where no effusion
+      reaches (its meniscus rises laterally from the base) and rows whose edge touches a
+      radio-opaque device are left out.
+    - ``heart_x``: the centre of the widest gap between the lungs' medial edges over the upper
+      heart (45-62% of the lung height below the apex, above any fluid level).
+
+    Device pixels inside the body are filled in from the anatomy around them before the lungs
+    are traced. Measured on twin views (60 patients, Spearman against the rendered geometry,
+    64 / 32 px): body 0.997 / 0.997, midline 0.99 / 0.99, thorax 0.97 / 0.96, apex 0.98 / 0.95,
+    heart 0.91 / 0.87. Effusion moves none of them noticeably; a line or pacemaker over an apex
+    can move ``apex_y`` by a pixel or two.
+    """
+    g = _grey(img)
+    h, w = g.shape
+    out = dict.fromkeys(CHEXPERT_IDENTITY, float("nan"))
+    gs, box = _smoothed(g)
+    background = float(np.percentile(gs, 2))
+    tissue = float(np.median(box[box >= _otsu(box)]))
+    level = 0.5 * (background + tissue)
+    left = np.array([_first_crossing(row, level) for row in gs])
+    right = w - 1 - np.array([_first_crossing(row[::-1], level) for row in gs])
+    inside = (left > 0) & (left < w - 1) & (right < w - 1) & (right > left)
+    if inside.sum() < 0.1 * h:
+        return out
+    body = float(np.percentile((right - left)[inside], 90))
+    out["body_width"] = body / w
+    # radio-opaque devices are brighter than any anatomy: inside the body (away from its edge,
+    # so a filled tube never joins a lung to the background) their pixels are filled in from the
+    # anatomy around them (a normalised convolution), so a tube across a lung hides little
+    lung_level = float(np.median(box[box < _otsu(box)]))
+    contrast = tissue - lung_level
+    tophat = g - ndimage.grey_opening(g, size=(_odd(0.1 * w),) * 2)
+    device = (tophat > 0.4 * contrast) & (g > tissue + 0.1 * contrast)
+    cols = np.arange(w)
+    if device.any():
+        device = ndimage.binary_dilation(device, iterations=max(1, round(2 * w / 64)))
+        body_mask = inside[:, None] & (cols >= left[:, None]) & (cols <= right[:, None])
+        filled = device & (ndimage.distance_transform_edt(body_mask) > 0.08 * w)
+        free = (~filled).astype(np.float64)
+        sigma = 0.03 * w
+        fill = ndimage.gaussian_filter(g * free, sigma) / np.maximum(
+            ndimage.gaussian_filter(free, sigma), 1e-6
+        )
+        g = np.where(filled, fill, g)
+    lung = _lung_map(g)
+    if lung is None:
+        return out
+    ys, xs = np.nonzero(lung >= 0.5)
+    x_lo, x_hi = np.percentile(xs, [1, 99])
+    mid = 0.5 * (x_lo + x_hi)
+    e = _edges(lung, mid)
+    both = e["has_left"] & e["has_right"]
+    rows = np.arange(h)
+    tops = [_first_crossing(lung[:, side].max(1), 0.5) for side in (cols < mid, cols >= mid)]
+    apex = float(np.mean(tops))
+    out["apex_y"] = (apex + 0.5) / h
+
+    def clear(x: np.ndarray) -> np.ndarray:
+        return ~device[rows, np.clip(np.round(x).astype(int), 0, w - 1)]
+
+    height = 0.65 * body  # the lungs' height, from the body's width (which effusion leaves)
+    upper = both & (rows >= apex + 0.1 * height) & (rows <= apex + 0.3 * height)
+    upper &= clear(e["outer_left"] - 1) & clear(e["outer_right"] + 1)  # not beside a device
+    if upper.any():
+        out["thorax_width"] = float(np.median((e["outer_right"] - e["outer_left"])[upper])) / w
+        centre = 0.25 * (e["outer_left"] + e["inner_left"] + e["inner_right"] + e["outer_right"])
+        out["midline_x"] = (float(np.median(centre[upper])) + 0.5) / w
+    heart = both & (rows >= apex + 0.45 * height) & (rows <= apex + 0.62 * height)
+    if heart.any():
+        gap = np.where(heart, e["inner_right"] - e["inner_left"], -np.inf)
+        r = int(np.argmax(gap))
+        out["heart_x"] = (0.5 * (e["inner_left"][r] + e["inner_right"][r]) + 0.5) / w
+    return out
+
+
 def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hue in degrees, saturation and value of an RGB float image."""
     mx, mn = rgb.max(-1), rgb.min(-1)
@@ -272,6 +367,99 @@ def isic_measures(img: np.ndarray) -> dict[str, float]:
             bluegrey = (hue >= 190) & (hue <= 250) & (sat < 0.35) & (closed > 0.25 * skin) & core
             spread = closed[core].std() / skin
             out["mel_texture"] = float((blackish.sum() + bluegrey.sum()) / core.sum() + spread)
+    return out
+
+
+ISIC_IDENTITY = ("lesion_lightness", "lesion_radius", "lesion_x", "lesion_y", "skin_lightness")
+
+
+def _lightness(rgb: np.ndarray) -> np.ndarray:
+    """CIE L* (D65) of sRGB in [0, 1], over 100 (so in [0, 1])."""
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    y = lin @ np.array([0.2126, 0.7152, 0.0722])
+    f = np.where(y > (6 / 29) ** 3, np.cbrt(y), y / (3 * (6 / 29) ** 2) + 4 / 29)
+    return (116.0 * f - 16.0) / 100.0
+
+
+def isic_identity(img: np.ndarray) -> dict[str, float]:
+    """Pixel measurements of a dermoscopy image's lesion and skin, which an edit that adds hair,
+    gel bubbles, a ruler, ink or dark corners should leave alone (the lesion's identity).
+
+    The lesion is segmented on the brightness seen through a grey opening (bubble rims, ruler
+    ticks gone) and a closing (hair, ink strokes gone), at the level halfway between skin and
+    lesion, minus the black field-of-view corners; the component nearest the centre is kept.
+    Positions are fractions of the image width/height, sizes fractions of the width; NaN when
+    no lesion is found.
+
+    - ``lesion_x``, ``lesion_y``: its centroid; ``lesion_radius``: sqrt(area / pi).
+    - ``lesion_lightness``: the median CIE L* (/100) inside it (bright rims and ink left out).
+    - ``skin_lightness``: the median L* of the skin away from it (hair, rims, ink, corners out).
+
+    Measured on twin images (60 MEL/NV images, Spearman against the drawn lesion and skin,
+    64 / 32 px): x 0.91 / 0.85, y 0.95 / 0.92, radius 0.93 / 0.90, lesion L* 0.92 / 0.95, skin
+    L* 0.98 / 0.98. Ruler, ink and dark corners move none noticeably; full gel bubbles over the
+    lesion move its outline (a weak spot), hair across it a little.
+    """
+    rgb = _float(img)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=-1)
+    rgb = rgb[..., :3]
+    h, w = rgb.shape[:2]
+    out = dict.fromkeys(ISIC_IDENTITY, float("nan"))
+    hue, sat, val = _hsv(rgb)
+    skin = float(np.percentile(val, 75))
+    size = (_odd(max(0.09 * min(h, w), 4.5)),) * 2  # wider than a hair, from 32 px up
+    clean = ndimage.grey_opening(ndimage.grey_closing(val, size=size), size=size)
+    smooth = ndimage.gaussian_filter(clean, sigma=0.02 * min(h, w))
+    # the dermoscope's black corners: dark and joined to the border
+    lab, _ = ndimage.label(smooth < 0.4 * skin)
+    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    corner = np.isin(lab, border[border > 0])
+    corner = ndimage.binary_dilation(corner, iterations=max(1, round(0.03 * w)))
+    first = (smooth < 0.8 * skin) & ~corner
+    if first.sum() < 0.005 * h * w:
+        return out
+    lesion_level = float(np.median(smooth[first]))
+    skin_level = float(np.median(smooth[~ndimage.binary_dilation(first, iterations=2) & ~corner]))
+    lab, count = ndimage.label((smooth < 0.5 * (skin_level + lesion_level)) & ~corner)
+    if count == 0:
+        return out
+    yy, xx = np.mgrid[0:h, 0:w]
+    centre = np.hypot((yy + 0.5) / h - 0.5, (xx + 0.5) / w - 0.5) < 0.25
+    overlap = ndimage.sum_labels(centre, lab, index=np.arange(1, count + 1))
+    if overlap.max() <= 0:
+        return out
+    lesion = lab == int(np.argmax(overlap)) + 1
+    area = float(lesion.sum())
+    out["lesion_x"] = (float(xx[lesion].mean()) + 0.5) / w
+    out["lesion_y"] = (float(yy[lesion].mean()) + 0.5) / h
+    out["lesion_radius"] = float(np.sqrt(area / np.pi)) / w
+    # colours seen through the same opening and closing (no hair, no bright rims)
+    light = _lightness(
+        np.clip(
+            np.stack(
+                [
+                    ndimage.grey_opening(ndimage.grey_closing(rgb[..., c], size=size), size=size)
+                    for c in range(3)
+                ],
+                -1,
+            ),
+            0.0,
+            1.0,
+        )
+    )
+    whitish = (sat < 0.15) & (val > max(0.6, 0.85 * skin))
+    ink = (hue >= 228) & (hue <= 310) & (sat > 0.25) & (val > 0.12)
+    noise = ndimage.binary_dilation(whitish | ink, iterations=1)
+    core = ndimage.binary_erosion(lesion, iterations=max(1, round(0.03 * w))) & ~noise
+    if core.sum() >= 0.002 * h * w:
+        out["lesion_lightness"] = float(np.median(light[core]))
+    flat = np.minimum(val, skin)
+    hair = ndimage.grey_closing(flat, size=size) - flat > 0.2 * skin
+    around = ndimage.binary_dilation(lesion, iterations=max(1, round(0.06 * w)))
+    bare = ~(around | corner | noise | ndimage.binary_dilation(hair, iterations=1))
+    if bare.sum() >= 0.02 * h * w:
+        out["skin_lightness"] = float(np.median(light[bare]))
     return out
 
 
