@@ -43,8 +43,9 @@ def test_dry_run_plans_every_stage(name: str, tmp_path: Path) -> None:
 
 def test_paper_config_is_the_papers_scale(tmp_path: Path) -> None:
     jobs = dry_run(CONFIGS["paper"], tmp_path)
-    # CheXpert: 2 trajectories, ISIC: MEL and NV x 4 artifacts; 2,500 seeds in shards of 250.
-    assert jobs["traverse_shard"] == 10 * 10
+    # CheXpert: 2 trajectories and the composed PE + SD, ISIC: MEL and NV x 4 artifacts;
+    # 2,500 seeds in shards of 250.
+    assert jobs["traverse_shard"] == 11 * 10
     assert jobs["train_classifier"] == 4
 
 

@@ -315,7 +315,12 @@ def invert_range(wildcards):
 
 
 def invert_params(wildcards):
-    return as_json(invert_config(wildcards.dataset).get("params", {}))
+    """The invert section's params; steps and guidance default to the traversal sampler's
+    (traverse-real needs them equal)."""
+    sampler = dataset_config(wildcards)["traverse"].get("params", {})
+    params = {k: sampler[k] for k in ("steps", "guidance") if k in sampler}
+    params.update(invert_config(wildcards.dataset).get("params", {}))
+    return as_json(params)
 
 
 def invert_start(wildcards):
@@ -376,6 +381,30 @@ def all_shard_dirs(wildcards):
     ]
 
 
+def real_shard_dirs(wildcards):
+    """Traversal shards from the dataset's inverted real images (none without `invert:`)."""
+    return [
+        f"{RESULTS}/real/{wildcards.dataset}/{t}/shard-{s}"
+        for t in trajectories(wildcards.dataset)
+        for s in invert_shards(wildcards.dataset)
+    ]
+
+
+def real_score_files(wildcards):
+    return [
+        f"{RESULTS}/scores-real/{wildcards.dataset}/{t}/shard-{s}.parquet"
+        for t in trajectories(wildcards.dataset)
+        for s in invert_shards(wildcards.dataset)
+    ]
+
+
+def inversion_dirs(wildcards):
+    return [
+        f"{RESULTS}/inversions/{wildcards.dataset}/shard-{s}"
+        for s in invert_shards(wildcards.dataset)
+    ]
+
+
 def classifier_options(wildcards):
     """`--classifier <dir>` for each classifier of the job's dataset, quoted for the shell."""
     return " ".join(
@@ -396,6 +425,27 @@ def metrics_params(wildcards):
     return as_json(params)
 
 
+LPIPS_KEYS = (
+    "lpips_backbone",
+    "lpips_alexnet_path",
+    "lpips_random_seed",
+    "lpips_batch_size",
+)
+
+
+def real_score_params(wildcards):
+    """The score section, with the metrics' LPIPS trunk when the section names none: real
+    shards need LPIPS per image (to the reconstruction and to the real image) at scoring.
+    """
+    ds = dataset_config(wildcards)
+    params = dict(ds.get("score", {}))
+    if params.get("lpips_backbone") is None:
+        metrics = ds.get("metrics", {})
+        params.update({k: v for k, v in metrics.items() if k in LPIPS_KEYS})
+        params.setdefault("lpips_backbone", "alex")
+    return as_json(params)
+
+
 def check_backbones_early():
     """Stop before any GPU work when a backbone a metric needs (LPIPS AlexNet) is missing."""
     from medtraverse.evaluation.backbones import check_backbones
@@ -410,4 +460,7 @@ def all_targets():
     for dataset in config["datasets"]:
         targets.append(f"{RESULTS}/models/{dataset}/samples.png")
         targets.append(f"{RESULTS}/metrics/{dataset}")
+        targets.append(f"{RESULTS}/viewer/{dataset}.html")
+        if invert_shards(dataset):
+            targets.append(f"{RESULTS}/metrics-real/{dataset}")
     return targets
