@@ -213,7 +213,10 @@ def metrics(workdir: Path) -> pd.DataFrame:
 def test_editing_the_backbones_reruns_scoring_and_aggregation_not_traversal(smoke: Path) -> None:
     jobs = plan_after_edit(smoke, "evaluation/backbones.py")
     assert jobs.get("aggregate_metrics") == 1 and jobs.get("score_shard") == 4, jobs
-    assert not {"traverse_shard", "finetune_unet", "prepare_dataset"} & set(jobs), jobs
+    assert jobs.get("score_real_shard") == 2 and jobs.get("aggregate_real") == 1, jobs
+    assert not {"traverse_shard", "traverse_real_shard", "invert_shard", "finetune_unet"} & set(
+        jobs
+    ), jobs
 
 
 @pytest.mark.slow
@@ -221,7 +224,11 @@ def test_editing_the_engine_reruns_traversal_and_what_follows_not_finetuning(
     smoke: Path,
 ) -> None:
     jobs = plan_after_edit(smoke, "traversal/engine.py")
-    assert jobs == {"all": 1, "traverse_shard": 4, "score_shard": 4, "aggregate_metrics": 1}
+    real = {"traverse_real_shard": 2, "score_real_shard": 2, "aggregate_real": 1}
+    assert jobs == {
+        **{"all": 1, "traverse_shard": 4, "score_shard": 4, "aggregate_metrics": 1},
+        **{**real, "render_viewer": 1},  # inversion does not use the engine: not rerun
+    }
 
 
 @pytest.mark.slow
@@ -229,7 +236,8 @@ def test_fewer_seeds_rerun_only_aggregation_over_the_configured_seeds(smoke: Pat
     """seeds.count 4 -> 2 (shard 0001 stays on disk): only aggregation reruns, and it counts
     2 seeds, not the 4 of the shards on disk."""
     config = variant(smoke, "seeds", lambda d: d["traverse"]["seeds"].update(count=2))
-    assert plan(smoke, config) == {"all": 1, "aggregate_metrics": 1}
+    # the viewer shows the configured seeds; real images do not depend on seeds
+    assert plan(smoke, config) == {"all": 1, "aggregate_metrics": 1, "render_viewer": 1}
     assert (smoke / RUN / "scores/chexpert/support_devices/shard-0001.parquet").is_file()
     complete(smoke, config)
     cfrt = metrics(smoke)
@@ -242,7 +250,9 @@ def test_fewer_seeds_rerun_only_aggregation_over_the_configured_seeds(smoke: Pat
 @pytest.mark.slow
 def test_removing_a_trajectory_reruns_only_aggregation_without_it(smoke: Path) -> None:
     config = variant(smoke, "one", lambda d: d["traverse"]["trajectories"].pop("pleural_effusion"))
-    assert plan(smoke, config) == {"all": 1, "aggregate_metrics": 1}
+    assert plan(smoke, config) == {
+        **{"all": 1, "aggregate_metrics": 1, "aggregate_real": 1, "render_viewer": 1}
+    }
     complete(smoke, config)
     cfrt = metrics(smoke)
     assert set(cfrt["trajectory"]) == {"support_devices"} and set(cfrt["n_seeds"]) == {4}
@@ -259,7 +269,10 @@ def test_removing_a_classifier_rescores_without_its_column(smoke: Path) -> None:
         d["metrics"]["attributes"] = ["support_devices"]
 
     config = variant(smoke, "clf", change)
-    assert plan(smoke, config) == {"all": 1, "score_shard": 2, "aggregate_metrics": 1}
+    assert plan(smoke, config) == {
+        **{"all": 1, "score_shard": 2, "aggregate_metrics": 1},
+        **{"score_real_shard": 1, "aggregate_real": 1, "render_viewer": 1},
+    }
     complete(smoke, config)
     cfrt = metrics(smoke)
     assert set(cfrt["trajectory"]) == {"support_devices"} and set(cfrt["n_seeds"]) == {4}
