@@ -165,11 +165,13 @@ PREP_PROMPTS = (
 )
 
 
-def write_prep(root: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
-    """A prepared CheXpert-like folder (``manifest.parquet`` + PNGs, the prepare stage's
-    contract): a bright body on dark, plus a 'device' bar (support_devices) or an 'effusion' band
-    (pleural_effusion) in turn; the last two images are validation. For fine-tuning, the encoder
-    cache and classifiers."""
+def write_prep(root: Path, n: int = 12, size: int = 32, seed: int = 0, test: int = 0) -> Path:
+    """The one fake of a prepared CheXpert-like folder (``manifest.parquet`` + PNGs, the prepare
+    stage's contract), for fine-tuning, the encoder cache, the VAE and classifiers: a bright body
+    on dark with a 'heart' on the right, plus an off-centre 'device' bar (support_devices; a flip
+    moves it) or an 'effusion' band (pleural_effusion) in turn, the rest no_finding. The last
+    ``test`` images are the test split (classifiers need one), the two before them validation,
+    the rest training."""
     import pandas as pd
 
     root = Path(root)
@@ -183,6 +185,7 @@ def write_prep(root: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
         img[size // 8 : size - size // 8, size // 5 : size - size // 5] = 120 + rng.integers(30)
         if kind == 1:
             img[size // 4 : size // 4 + 4, size // 5 : size // 2] = 250
+        img[size // 2 : size // 2 + 5, size // 2 : size // 2 + 6] = 170
         if kind == 2:
             img[size - size // 3 : size - size // 8, size // 5 : size - size // 5] = 200
         rel = f"images/img{i:03d}.png"
@@ -191,12 +194,16 @@ def write_prep(root: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
             "image_id": f"img{i:03d}",
             "path": rel,
             "source_path": f"raw/patient{i:05d}/view1_frontal.jpg",
-            "split": "train" if i < n - 4 else "val" if i < n - 2 else "test",
+            "split": "train" if i < n - test - 2 else "val" if i < n - test else "test",
             "prompt": PREP_PROMPTS[kind],
             "patient_id": f"patient{i:05d}",
         }
         row.update(dict.fromkeys(labels, 0))
-        row.update(support_devices=int(kind == 1), pleural_effusion=int(kind == 2))
+        row.update(
+            no_finding=int(kind == 0),
+            support_devices=int(kind == 1),
+            pleural_effusion=int(kind == 2),
+        )
         rows.append(row)
     pd.DataFrame(rows).to_parquet(root / "manifest.parquet", index=False)
     return root

@@ -167,3 +167,30 @@ def leftovers(folder: Path) -> list[str]:
         for p in Path(folder).rglob("*")
         if p.name.endswith(".tmp") or p.name.endswith(".partial")
     )
+
+
+def saved_blocks(scratch: Path, folders: Sequence[str]) -> dict[str, int]:
+    """The files a killed stage's finished blocks in ``scratch`` (``<out>.partial``) hold in
+    ``folders`` (those merged into the shard), as {path in the shard: modification time, ns}.
+    A block's own temps (hidden ``.tmp`` folders) are not finished blocks."""
+    saved: dict[str, int] = {}
+    for block in sorted(Path(scratch).iterdir()):
+        if not block.is_dir() or block.name.startswith("."):
+            continue
+        for sub in folders:
+            for path in sorted((block / sub).rglob("*")):
+                if path.is_file():
+                    saved[path.relative_to(block).as_posix()] = path.stat().st_mtime_ns
+    return saved
+
+
+def assert_blocks_reused(saved: dict[str, int], shard: Path) -> None:
+    """Every file of a block saved before the kill is in the resumed ``shard`` as that very
+    file (hard-linked or copied with its times: the same modification time to the nanosecond),
+    not computed again: the rerun resumed instead of starting over."""
+    assert saved, "the kill left no finished block with files to reuse"
+    redone = [rel for rel, ns in saved.items() if (shard / rel).stat().st_mtime_ns != ns]
+    assert not redone, (
+        f"{len(redone)} of {len(saved)} files of the blocks saved before the kill were "
+        f"computed again by the rerun (e.g. {redone[0]}): it did not resume"
+    )

@@ -34,14 +34,18 @@ PARAMS = {
 
 
 def p_values(seed: int, kind: str, k: int, frame: int) -> tuple[float, float]:
-    """(p_target, p_other) of one image; see the expected CFRT in the test below."""
+    """(p_target, p_other) of one image; see the expected CFRT in the test below. The swap
+    images at k = 45 (outside K = {5, 10, 15}) and the Bezier frame 1 (outside {2, 3}) are
+    drawn so that counting them would change the answer."""
     if kind == "neutral" or (kind == "bezier" and frame == 0):
         return 0.25, 0.25
     if kind == "bezier":
         return (0.75, 0.25) if frame >= 2 else (0.0, 1.0)
-    if seed == 5:  # the target does not move, the other one does: a miss
-        return 0.25, 0.5
+    if seed == 5:  # in K the target does not move, the other one does: a miss
+        return (1.0, 0.5) if k == 45 else (0.25, 0.375)
     if seed == 0 and k == 10:  # the other attribute's call flips at one k: strict miss
+        return 0.75, 0.5
+    if seed == 3 and k == 45:  # a flip outside K: no strict miss
         return 0.75, 0.5
     return 0.75, 0.25
 
@@ -168,6 +172,12 @@ def cfrt_value(
 
 
 def test_cfrt_table_matches_hand_values(aggregated: Path) -> None:
+    """Shifts over K = {5, 10, 15} (from the neutral image 0.25, 0.25): seeds 0-4 move the
+    target +0.5 and the other 0 (seed 0: +0.25 at k = 10, its call flips), seed 5 moves the
+    target 0 and the other +0.125: authors 5/6, strict 4/6 (seed 0 out). Counting k = 45 as
+    well would make seed 5 a hit (target 0.75 / 4 = 0.1875 > other 0.625 / 4 = 0.15625, but
+    its call flips at 45) and seed 3 a strict miss (its call flips at 45): authors 6/6, strict
+    3/6. Bezier over frames {2, 3}: every seed +0.5 vs 0; frame 1 (0.0, 1.0) would sink it."""
     cfrt = pd.read_csv(aggregated / "cfrt.csv")
     for traj in ATTRS:
         authors = cfrt_value(cfrt, traj, "swap", "authors")
@@ -175,6 +185,7 @@ def test_cfrt_table_matches_hand_values(aggregated: Path) -> None:
         assert authors["ci_low"] <= authors["value"] <= authors["ci_high"]
         assert cfrt_value(cfrt, traj, "swap", "strict")["value"] == pytest.approx(4 / 6)
         assert cfrt_value(cfrt, traj, "bezier", "authors")["value"] == 1.0
+        assert cfrt_value(cfrt, traj, "bezier", "strict")["value"] == 1.0
     ref = cfrt_value(cfrt, "support_devices", "swap", "authors")
     assert ref["ref_code"] == 0.888 and ref["ref_poster"] == 0.89
     assert math.isnan(cfrt_value(cfrt, "support_devices", "swap", "strict")["ref_code"])
@@ -210,7 +221,7 @@ def test_cosine_lpips_fid_and_classifier_tables(aggregated: Path) -> None:
         & (prob["column"] == "p_support_devices")
         & (prob["k"] == 45)
     ]
-    assert row["value"].iloc[0] == pytest.approx(0.75 * 5 / 6 + 0.25 / 6)
+    assert row["value"].iloc[0] == pytest.approx(0.75 * 5 / 6 + 1.0 / 6)
 
 
 def test_all_table_and_figure_files(aggregated: Path) -> None:

@@ -1,6 +1,7 @@
 """Real SIGKILLs of traverse, finetune, score and aggregate, then a rerun: outputs identical to an
-uninterrupted run, byte for byte (provenance records up to their named volatile fields), no temp
-leftover read, nothing of the user's removed.
+uninterrupted run, byte for byte (provenance records up to their named volatile fields), work
+saved before the kill reused (traverse's seed blocks, finetune's checkpoint), no temp leftover
+read (aggregate given the score files the workflow names), nothing of the user's removed.
 
 Each stage runs as ``medtraverse <stage>`` in a subprocess on the conftest tiny pipeline, so the
 kill gives it no chance to clean up (see tests/kill.py).
@@ -9,14 +10,26 @@ kill gives it no chance to clean up (see tests/kill.py).
 from __future__ import annotations
 
 import json
+import shlex
 import textwrap
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from tests.fakedata import write_prep
-from tests.kill import assert_same_outputs, cli, kill_when, leftovers, run, tree
+from tests.kill import (
+    assert_blocks_reused,
+    assert_same_outputs,
+    cli,
+    kill_when,
+    leftovers,
+    run,
+    saved_blocks,
+    tree,
+)
+from tests.workflow_utils import ROOT, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +88,7 @@ def clean(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("clean")
     shard = root / "traversals" / "chexpert" / "support_devices" / "shard-0000"
     run(_traverse_argv(tiny_model, shard))
-    prep = write_prep(root / "prep", n=24)
+    prep = write_prep(root / "prep", n=24, test=2)
     train_classifier(
         prep / "manifest.parquet",
         root / "classifiers" / "sd_pe",
@@ -106,9 +119,10 @@ AGGREGATE = {
 }
 
 
-def _aggregate_argv(root: Path, out: Path, scores: Path | None = None) -> list[str]:
-    """The workflow's call: every score parquet and shard folder named (a shell glob's view)."""
-    files = sorted((scores or root / "scores" / "chexpert").glob("*/shard-*.parquet"))
+def _aggregate_argv(root: Path, out: Path, files: list[Path] | None = None) -> list[str]:
+    """Aggregate over the score parquets ``files`` (default: those under ``root``, a shell
+    glob's view) and every shard folder of ``root``."""
+    files = files or sorted((root / "scores" / "chexpert").glob("*/shard-*.parquet"))
     shards = sorted((root / "traversals" / "chexpert").glob("*/shard-*"))
     assert files and shards
     return cli(
@@ -129,8 +143,11 @@ def test_traverse_killed_after_a_seed_block_resumes_identically(
             p.name.startswith("seeds-") and not p.name.endswith(".tmp") for p in scratch.iterdir()
         )
 
+    from medtraverse.traversal.engine import FOLDERS
+
     kill_when(_traverse_argv(tiny_model, shard), a_block_saved, seed=1)
     assert not shard.exists()  # the declared output never half-written
+    saved = saved_blocks(scratch, FOLDERS)
     run(_traverse_argv(tiny_model, shard))
     n = assert_same_outputs(
         clean / "traversals" / "chexpert" / "support_devices" / "shard-0000",
@@ -141,6 +158,8 @@ def test_traverse_killed_after_a_seed_block_resumes_identically(
     assert n > 8 * (1 + 3 + 6)  # PNGs, latents, meta and the record
     assert leftovers(shard.parent) == []
     _assert_user_files(user)
+    # the same bytes would come from starting over: the saved blocks' files prove the resume
+    assert_blocks_reused(saved, shard)
 
 
 def test_finetune_killed_after_a_checkpoint_resumes_identically(
@@ -148,7 +167,7 @@ def test_finetune_killed_after_a_checkpoint_resumes_identically(
 ) -> None:
     from medtraverse.models.cache import build_cache
 
-    prep = write_prep(tmp_path / "prep", n=12)
+    prep = write_prep(tmp_path / "prep", n=12, test=2)
     cache = build_cache(tiny_model, prep, tmp_path / "cache", {"flip": True})
     params = {
         "train_batch_size": 4,
@@ -250,17 +269,49 @@ def test_score_killed_mid_write_reruns_identically(
     _assert_user_files(user)
 
 
+def _workflow_scores(results: Path) -> list[Path]:
+    """The ``--scores`` the workflow's aggregate job passes when its results folder is
+    ``results`` (common.smk ``score_files``), for this file's one trajectory and shard: read
+    from the job's shell command in a Snakemake dry run of the smoke config so narrowed."""
+    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    config.update(results=str(results.parent), run=results.name)
+    chexpert = config["datasets"]["chexpert"]
+    chexpert.pop("invert", None)
+    chexpert["traverse"]["seeds"] = {"start": 0, "count": 8, "shard_size": 8}
+    trajectories = chexpert["traverse"]["trajectories"]
+    chexpert["traverse"]["trajectories"] = {"support_devices": trajectories["support_devices"]}
+    path = results / "workflow.yaml"
+    path.write_text(yaml.safe_dump(config))
+    target = results / "metrics" / "chexpert"
+    proc = snakemake(
+        "-n", "-p", str(target), "--configfile", str(path), workdir=path.with_suffix(""),
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    calls = [
+        shlex.split(line.split(":", 1)[1])
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if "medtraverse aggregate " in line
+    ]
+    assert len(calls) == 1, calls
+    argv = calls[0]
+    after = argv[argv.index("--scores") + 1 :]
+    files = [Path(a) for a in after[: next(i for i, a in enumerate(after) if a.startswith("-"))]]
+    assert files, argv
+    return files
+
+
 def test_aggregate_never_reads_a_killed_score_write(
     clean: Path, killed_score: tuple[Path, Path, dict[Path, bytes]], tmp_path: Path
 ) -> None:
     """The killed score left its finished parquet in a hidden temp folder beside the real one;
-    aggregate over the folder must read only the real one."""
+    aggregate, given the score files the workflow passes it, must read only the real one."""
     scores, _, _ = killed_score
-    (scores / "support_devices" / "NOTES.txt").unlink()  # user files here are not scores
-    (scores / "support_devices" / "mine" / "keep.csv").unlink()
     assert leftovers(scores), "the kill's temp write should still be there to be ignored"
+    files = _workflow_scores(tmp_path)  # the results folder: tmp_path/scores/chexpert/...
+    assert files == [scores / "support_devices" / "shard-0000.parquet"], files
     out = tmp_path / "metrics" / "chexpert"
-    run(_aggregate_argv(clean, out, scores=scores))
+    run(_aggregate_argv(clean, out, files=files))
     ref = clean / "metrics" / "chexpert"
     for name in ("cfrt.csv", "cfrt_per_seed.parquet", "probability.csv", "summary.csv"):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name

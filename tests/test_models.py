@@ -7,59 +7,20 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from medtraverse import cli
 from medtraverse.core.errors import InputError
+from tests.fakedata import write_prep
 from tests.oneline import assert_one_line_error, one_line_input_error, run_main
 
-LABELS = (
-    "no_finding enlarged_cardiomediastinum cardiomegaly lung_opacity lung_lesion edema "
-    "consolidation pneumonia atelectasis pneumothorax pleural_effusion pleural_other fracture "
-    "support_devices"
-).split()
 NEUTRAL = "Normal chest X-ray with no significant findings"
-PROMPTS = (NEUTRAL, "Chest X-ray showing Support Devices", "Chest X-ray showing Pleural Effusion")
 
 
-def make_prep(root: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
-    """A prepared CheXpert-like dataset (COMMON.md manifest columns): a bright 'body' on dark,
-    plus a 'device' bar or an 'effusion' band; the last two images are validation."""
-    root = Path(root)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        kind = i % 3
-        img = np.full((size, size, 3), 40, np.uint8)
-        img[size // 8 : size - size // 8, size // 5 : size - size // 5] = 120 + rng.integers(30)
-        if kind == 1:
-            img[size // 4 : size // 4 + 4, size // 5 : size // 2] = 250  # off-centre: flips
-        img[size // 2 : size // 2 + 5, size // 2 : size // 2 + 6] = 170  # a 'heart', right side
-        if kind == 2:
-            img[size - size // 3 : size - size // 8, size // 5 : size - size // 5] = 200
-        rel = f"images/img{i:03d}.png"
-        Image.fromarray(img).save(root / rel)
-        row = {
-            "image_id": f"img{i:03d}",
-            "path": rel,
-            "source_path": f"raw/patient{i:05d}/view1_frontal.jpg",
-            "split": "train" if i < n - 2 else "val",
-            "prompt": PROMPTS[kind],
-            "patient_id": f"patient{i:05d}",
-        }
-        row.update(dict.fromkeys(LABELS, 0))
-        row.update(
-            no_finding=int(kind == 0),
-            support_devices=int(kind == 1),
-            pleural_effusion=int(kind == 2),
-        )
-        rows.append(row)
-    pd.DataFrame(rows).to_parquet(root / "manifest.parquet", index=False)
-    return root
+# test_finetune imports the prepared-set fake under this name; it is fakedata's one fake.
+make_prep = write_prep
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +156,7 @@ def test_train_vae_learns_and_sets_the_scaling_factor(tiny: Path, tmp_path: Path
     from medtraverse.models.pipeline import load_pipeline
     from medtraverse.models.vae import train_vae
 
-    prep = make_prep(tmp_path / "prep")
+    prep = write_prep(tmp_path / "prep")
     out = train_vae(tiny, prep, tmp_path / "vae", {"steps": 40, "batch_size": 8})
     images = load_images(prep, load_manifest(prep), 32)
 
@@ -220,7 +181,7 @@ def test_train_vae_refuses_a_real_base_and_bad_images(tiny: Path, tmp_path: Path
     from medtraverse.models.pipeline import build_base
     from medtraverse.models.vae import train_vae
 
-    prep = make_prep(tmp_path / "prep")
+    prep = write_prep(tmp_path / "prep")
     pointer = build_base(tmp_path / "real", {"base": str(tiny)})
     with one_line_input_error("demo only", untouched=[tmp_path / "out"]):
         train_vae(pointer, prep, tmp_path / "out", {"steps": 1})

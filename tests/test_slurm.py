@@ -22,7 +22,7 @@ import submitit
 from medtraverse import cli
 from medtraverse.core import provenance
 from medtraverse.hpc.submit import StageJob, make_executor, wait
-from tests.oneline import assert_one_line_error
+from tests.oneline import assert_one_line_error, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = os.environ.get("MEDTRAVERSE_SLURM_ACCOUNT", "ci")
@@ -99,14 +99,23 @@ def test_submit_debug_cluster_waits_and_reports(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "submitted job" in out and "completed" in out and "[test]" in out
 
-    with pytest.raises(SystemExit) as exc:
-        cli.main([*argv, "provenance", str(tmp_path / "missing.txt")])
-    assert exc.value.code == 1
-    # In-process, the stage's own one-line error comes first; then submit's one line.
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[0].startswith("medtraverse provenance: error:") and "missing.txt" in err[0]
-    assert err[-1].startswith("medtraverse submit: error: job") and "failed" in err[-1]
-    assert "log:" in err[-1]
+    failed = run_main(capsys, *argv, "provenance", str(tmp_path / "missing.txt"))
+    # In-process the job's stderr is ours: the stage's own one-line error (exit 2), then
+    # submit's one line on the failed job (exit 1). Each is one line by the shared check.
+    stage, _, rest = failed.stderr.partition("\n")
+    assert_one_line_error(
+        subprocess.CompletedProcess(failed.args, 2, "", stage),
+        "missing.txt",
+        prefix="medtraverse provenance: error:",
+    )
+    assert_one_line_error(
+        subprocess.CompletedProcess(failed.args, failed.returncode, failed.stdout, rest),
+        "failed (",
+        "log:",
+        status=1,
+        prefix="medtraverse submit: error: job",
+        untouched=[tmp_path / "missing.txt"],
+    )
 
 
 # --- on the local SLURM cluster --------------------------------------------------------------
