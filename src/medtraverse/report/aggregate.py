@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -285,26 +286,31 @@ def check_score_columns(
             raise bad_input(path, f"no column {missing[0]!r}", why)
 
 
-def read_scores(
+def concat_scores(
     files: list[Path],
-    dataset: str | None = None,
-    attributes: set[str] = frozenset(),
-    targets: dict[str, str] | None = None,
+    dataset: str | None,
+    attributes: set[str],
+    targets: dict[str, Any] | None,
+    *,
+    what: str = "a score parquet",
+    columns: tuple[str, ...] = ("seed", "kind", "k", "frame"),
+    contract: str = "the score contract (seed, kind, k, frame, t, path, p_*)",
+    check: Callable[[Path, pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
-    """All score parquets as one table with ``dataset``, ``trajectory`` and ``shard`` filled;
-    see ``check_score_columns`` for the ``p_*`` columns every file must carry."""
+    """Score parquets as one table, untyped: each must hold ``columns`` (else one line naming
+    the file and ``contract``) and pass ``check``; ``dataset``, ``trajectory`` and ``shard``
+    are filled from the path where missing (``dataset`` given wins), and
+    ``check_score_columns`` holds. Both metrics stages read their score files through it."""
     from medtraverse.core.io import read_parquet
 
     parts = []
     for path in files:
-        df = read_parquet(path, "a score parquet")
-        for col in ("seed", "kind", "k", "frame"):
+        df = read_parquet(path, what)
+        for col in columns:
             if col not in df.columns:
-                raise bad_input(
-                    path,
-                    f"no column {col!r}",
-                    "the score contract (seed, kind, k, frame, t, path, p_*)",
-                )
+                raise bad_input(path, f"no column {col!r}", contract)
+        if check is not None:
+            check(path, df)
         if "trajectory" not in df.columns:
             df["trajectory"] = path.parent.name
         if "dataset" not in df.columns or dataset:
@@ -313,7 +319,18 @@ def read_scores(
             df["shard"] = path.stem
         parts.append(df)
     check_score_columns(files, parts, attributes, targets)
-    scores = pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True)
+
+
+def read_scores(
+    files: list[Path],
+    dataset: str | None = None,
+    attributes: set[str] = frozenset(),
+    targets: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """All score parquets as one table with ``dataset``, ``trajectory`` and ``shard`` filled;
+    see ``check_score_columns`` for the ``p_*`` columns every file must carry."""
+    scores = concat_scores(files, dataset, attributes, targets)
     scores["seed"] = scores["seed"].astype(int)
     scores["k"] = scores["k"].astype(int)
     scores["frame"] = scores["frame"].astype(int)
@@ -566,18 +583,32 @@ def lpips_rows(
 
 
 def probability_rows(
-    scores: pd.DataFrame, dataset: str, trajectory: str, p: dict[str, Any]
+    scores: pd.DataFrame,
+    dataset: str,
+    trajectory: str,
+    p: dict[str, Any],
+    kinds: tuple[str, ...] = ("neutral", "swap"),
+    summary: Callable[[pd.Series, str, str, int], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Mean probability of every score column per swap step (and the neutral image)."""
+    """Mean of every score column (``p_*``, ``truth_*``) per image kind (in ``kinds``' order)
+    and swap step. ``summary(values, column, kind, k)`` gives a cell's statistics; by default
+    ``summarize`` seeded per column and step (the kind is left out of the seed's item: here
+    only the neutral image has k -1)."""
     from medtraverse.core.seeding import derive_seed
     from medtraverse.evaluation.metrics import summarize
 
+    def seeds(values: pd.Series, col: str, kind: str, k: int) -> dict[str, Any]:
+        seed = derive_seed(p["seed"], "aggregate", f"{dataset}/{trajectory}/prob/{col}/{k}")
+        return summarize(values.to_numpy(dtype=float), p["n_boot"], seed)
+
+    summary = summary or seeds
     cols = [c for c in scores.columns if c.startswith(("p_", "truth_"))]
-    part = scores[scores["kind"].isin(["neutral", "swap"])]
+    part = scores[scores["kind"].isin(kinds)]
     rows = []
-    for (kind, k), group in part.groupby(["kind", "k"]):
+    for (kind, k), group in sorted(
+        part.groupby(["kind", "k"]), key=lambda g: (kinds.index(g[0][0]), g[0][1])
+    ):
         for col in cols:
-            seed = derive_seed(p["seed"], "aggregate", f"{dataset}/{trajectory}/prob/{col}/{k}")
             rows.append(
                 {
                     "dataset": dataset,
@@ -585,7 +616,7 @@ def probability_rows(
                     "column": col,
                     "kind": kind,
                     "k": int(k),
-                    **summarize(group[col].to_numpy(dtype=float), p["n_boot"], seed),
+                    **summary(group[col], col, kind, int(k)),
                 }
             )
     return rows
@@ -1109,40 +1140,66 @@ def summary_table(cfrt: pd.DataFrame, lpips: pd.DataFrame, reference: bool) -> p
     return pd.DataFrame(rows)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--scores",
-        nargs="+",
-        action="extend",
-        required=True,
-        help="score parquets, each named (or @LIST: a file naming one a line); repeatable",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="metrics output folder")
-    parser.add_argument(
-        "--traversals",
-        nargs="*",
-        action="extend",
-        default=[],
-        help="traversal shard folders, each named (or @LIST); LPIPS, cosine, t-SNE, figures",
-    )
-    parser.add_argument(
-        "--classifiers", type=Path, nargs="*", default=[], help="classifier folders"
-    )
-    parser.add_argument("--manifest", type=Path, default=None, help="real manifest.parquet for FID")
+def add_metrics_arguments(
+    parser: argparse.ArgumentParser,
+    scores: str,
+    out: str,
+    traversals: str,
+    inputs: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """The options of a metrics stage (``aggregate``, ``aggregate-real``): ``--scores``,
+    ``--out``, ``--traversals``, the stage's own ``inputs``, then ``--params``; the strings are
+    the first three's help."""
+    parser.add_argument("--scores", nargs="+", action="extend", required=True, help=scores)
+    parser.add_argument("--out", type=Path, required=True, help=out)
+    parser.add_argument("--traversals", nargs="*", action="extend", default=[], help=traversals)
+    if inputs is not None:
+        inputs(parser)
     parser.add_argument("--params", default="{}", help="metrics params as JSON or @file")
 
 
-def main(args: argparse.Namespace) -> None:
+def run_metrics_stage(
+    out: Path, stage: str, params: str, compute: Callable[[dict[str, Any]], dict[str, Any]]
+) -> None:
+    """A metrics stage's ``main``: the output folder checked before any work (never replaces
+    user data), ``compute(params)`` run, its summary table printed as markdown."""
     from medtraverse.core.io import check_output
 
-    check_output(args.out, "aggregate", "folder")  # before any work; never replaces user data
-    result = aggregate(
-        args.scores,
-        args.out,
-        load_params(args.params),
-        traversals=args.traversals,
-        classifiers=args.classifiers,
-        manifest=args.manifest,
-    )
+    check_output(out, stage, "folder")
+    result = compute(load_params(params))
     if not result["summary"].empty:
         print(to_markdown(result["summary"]), end="")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    def inputs(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--classifiers", type=Path, nargs="*", default=[], help="classifier folders"
+        )
+        parser.add_argument(
+            "--manifest", type=Path, default=None, help="real manifest.parquet for FID"
+        )
+
+    add_metrics_arguments(
+        parser,
+        scores="score parquets, each named (or @LIST: a file naming one a line); repeatable",
+        out="metrics output folder",
+        traversals="traversal shard folders, each named (or @LIST); LPIPS, cosine, t-SNE, figures",
+        inputs=inputs,
+    )
+
+
+def main(args: argparse.Namespace) -> None:
+    run_metrics_stage(
+        args.out,
+        "aggregate",
+        args.params,
+        lambda params: aggregate(
+            args.scores,
+            args.out,
+            params,
+            traversals=args.traversals,
+            classifiers=args.classifiers,
+            manifest=args.manifest,
+        ),
+    )

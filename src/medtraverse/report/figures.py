@@ -35,7 +35,8 @@ from medtraverse.core.errors import bad_input
 from medtraverse.core.params import load_params, parse_params, setting
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display; imported only when drawing)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,14 +61,16 @@ def _shard_meta(shards: list[Path]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def _image_grid(
+def image_grid(
     cells: list[list[Path | None]],
     col_titles: list[str],
     row_titles: list[str],
     title: str,
     out_png: Path,
 ) -> None:
-    plt = _plt()
+    """Images in a grid (``cells[row][col]``; a missing file leaves its cell blank), column
+    titles on the first row, row titles on the first column."""
+    plt = pyplot()
     rows, cols = len(cells), len(col_titles)
     fig, axes = plt.subplots(
         rows, cols, figsize=(1.2 * cols + 0.6, 1.2 * rows + 0.6), squeeze=False
@@ -85,7 +88,7 @@ def _image_grid(
             if c == 0:
                 ax.set_ylabel(row_titles[r], fontsize=7)
     fig.suptitle(title, fontsize=9)
-    _save(plt, fig, out_png)
+    save_figure(plt, fig, out_png)
 
 
 def traversal_grid(shards: list[Path], out_png: Path, trajectory: str, n_seeds: int = 4) -> bool:
@@ -105,7 +108,7 @@ def traversal_grid(shards: list[Path], out_png: Path, trajectory: str, n_seeds: 
         [index.get((int(s), "neutral", -1))] + [index.get((int(s), "swap", int(k))) for k in ks]
         for s in seeds
     ]
-    _image_grid(
+    image_grid(
         cells,
         ["neutral"] + [f"k={k}" for k in ks],
         [f"seed {s}" for s in seeds],
@@ -140,13 +143,13 @@ def bezier_strip(
     t_of = dict(zip(frames_meta["frame"].astype(int), frames_meta["t"], strict=False))
     titles = [f"t={t_of.get(f, math.nan):.2f}" for f in pick]
     cells = [[index.get((int(s), int(f))) for f in pick] for s in seeds]
-    _image_grid(
+    image_grid(
         cells, titles, [f"seed {s}" for s in seeds], f"{trajectory}: Bezier interpolation", out_png
     )
     return True
 
 
-def _save(plt: Any, fig: Any, out_png: Path) -> None:
+def save_figure(plt: Any, fig: Any, out_png: Path) -> None:
     """Every figure: tight layout, 120 dpi PNG, figure closed (no leaks over many plots)."""
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
@@ -175,7 +178,7 @@ def probability_vs_k(prob: pd.DataFrame, out_png: Path) -> bool:
     """Mean probability per swap step (CI band), one panel per trajectory; neutral dashed."""
     if prob.empty:
         return False
-    plt = _plt()
+    plt = pyplot()
     trajs = sorted(prob["trajectory"].unique())
     nr, nc = _panels(len(trajs))
     fig, axes = plt.subplots(nr, nc, figsize=(3.6 * nc, 2.8 * nr), squeeze=False)
@@ -196,7 +199,7 @@ def probability_vs_k(prob: pd.DataFrame, out_png: Path) -> bool:
         ax.legend(fontsize=6)
     for ax in axes.ravel()[len(trajs) :]:
         ax.axis("off")
-    _save(plt, fig, out_png)
+    save_figure(plt, fig, out_png)
     return True
 
 
@@ -204,7 +207,7 @@ def cosine_vs_k(cos: pd.DataFrame, out_png: Path) -> bool:
     """Mean cos(L[1]-L[0], L[i]-L[0]) per swap step per trajectory, k from late to early."""
     if cos.empty:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for colour, traj, part in _by_trajectory(cos):
         part = part.sort_values("k", ascending=False)
@@ -213,7 +216,7 @@ def cosine_vs_k(cos: pd.DataFrame, out_png: Path) -> bool:
     ax.set_xlabel("swap step k (late -> early)")
     ax.set_ylabel("cosine to the k=45 direction")
     ax.legend(fontsize=6)
-    _save(plt, fig, out_png)
+    save_figure(plt, fig, out_png)
     return True
 
 
@@ -221,7 +224,7 @@ def lpips_vs_step(lp: pd.DataFrame, out_png: Path) -> bool:
     """LPIPS per swap step and per Bezier frame, labelled with the backbone."""
     if lp.empty:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     for ax, version, xlabel in (
         (axes[0], "swap", "swap step k"),
@@ -239,7 +242,7 @@ def lpips_vs_step(lp: pd.DataFrame, out_png: Path) -> bool:
     comparable = bool(lp["comparable"].all())
     note = "" if comparable else " - NOT comparable with the paper"
     fig.suptitle(f"LPIPS (backbone {', '.join(labels)}){note}", fontsize=9)
-    _save(plt, fig, out_png)
+    save_figure(plt, fig, out_png)
     return True
 
 
@@ -247,7 +250,7 @@ def tsne_scatter(tsne: pd.DataFrame, out_png: Path) -> bool:
     """t-SNE points coloured by trajectory (left) and by swap step (right, neutral black)."""
     if tsne.empty:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     for colour, traj, part in _by_trajectory(tsne):
         axes[0].scatter(part["x"], part["y"], s=6, color=colour, alpha=0.7, label=traj)
@@ -264,7 +267,7 @@ def tsne_scatter(tsne: pd.DataFrame, out_png: Path) -> bool:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("t-SNE of final latents", fontsize=9)
-    _save(plt, fig, out_png)
+    save_figure(plt, fig, out_png)
     return True
 
 

@@ -62,20 +62,24 @@ import pandas as pd
 
 from medtraverse.core.errors import bad_input
 from medtraverse.core.inputs import expand_path_args, no_duplicates
-from medtraverse.core.params import load_params, parse_params, setting
+from medtraverse.core.params import parse_params, setting
 from medtraverse.core.tables import to_markdown
 from medtraverse.report.aggregate import (
     MetricsParams,
+    add_metrics_arguments,
     cfrt_rows,
     check_params,
-    check_score_columns,
     choose_k_rows,
+    concat_scores,
     fmt_ci,
     resolve_target,
+    run_metrics_stage,
     score_files,
     target_label,
     target_names,
 )
+from medtraverse.report.aggregate import probability_rows as aggregate_probability_rows
+from medtraverse.report.figures import image_grid, pyplot, save_figure
 
 STAGE = "aggregate-real"
 KINDS = ("real", "neutral", "swap", "bezier")
@@ -125,29 +129,25 @@ def read_real_scores(
     """The real-shard score parquets as one table (``k``/``frame`` -1 where missing); a file
     without a contract column, a ``real`` row or a ``p_*`` column its dataset's others carry is
     one line naming it."""
-    from medtraverse.core.io import read_parquet
 
-    parts = []
-    for path in files:
-        df = read_parquet(path, "a real-image score parquet ('medtraverse score')")
-        for col in SCORE_COLUMNS:
-            if col not in df.columns:
-                raise bad_input(path, f"no column {col!r}", SCORE_CONTRACT)
+    def check(path: Path, df: pd.DataFrame) -> None:
         bad = ~df["kind"].isin(KINDS)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise bad_input(f"{path} row {row}", f"kind {df['kind'].iloc[row]!r}", ", ".join(KINDS))
         if not (df["kind"] == "real").any():
             raise bad_input(path, "no row of kind 'real'", SCORE_CONTRACT)
-        if "trajectory" not in df.columns:
-            df["trajectory"] = path.parent.name
-        if "dataset" not in df.columns or dataset:
-            df["dataset"] = dataset or path.parent.parent.name
-        if "shard" not in df.columns:
-            df["shard"] = path.stem
-        parts.append(df)
-    check_score_columns(files, parts, attributes, targets)
-    scores = pd.concat(parts, ignore_index=True)
+
+    scores = concat_scores(
+        files,
+        dataset,
+        attributes,
+        targets,
+        what="a real-image score parquet ('medtraverse score')",
+        columns=SCORE_COLUMNS,
+        contract=SCORE_CONTRACT,
+        check=check,
+    )
     scores["seed"] = scores["seed"].astype(int)
     scores["k"] = scores["k"].fillna(-1).astype(int)
     scores["frame"] = scores["frame"].fillna(-1).astype(int)
@@ -486,27 +486,14 @@ def probability_rows(
     scores: pd.DataFrame, dataset: str, trajectory: str, p: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """Mean score of every ``p_*``/``truth_*`` column for the real image, the reconstruction
-    (neutral) and each swap step."""
-    cols = [c for c in scores.columns if c.startswith(("p_", "truth_"))]
-    part = scores[scores["kind"].isin(["real", "neutral", "swap"])]
-    rows = []
-    order = {"real": 0, "neutral": 1, "swap": 2}
-    for (kind, k), group in sorted(
-        part.groupby(["kind", "k"]), key=lambda g: (order[g[0][0]], g[0][1])
-    ):
-        for col in cols:
-            item = f"{dataset}/{trajectory}/prob/{col}/{kind}/{k}"
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "trajectory": trajectory,
-                    "column": col,
-                    "kind": kind,
-                    "k": int(k),
-                    **_summary(group[col], p, item),
-                }
-            )
-    return rows
+    (neutral) and each swap step (``aggregate.probability_rows`` with the kind in the seed)."""
+
+    def summary(values: pd.Series, col: str, kind: str, k: int) -> dict[str, Any]:
+        return _summary(values, p, f"{dataset}/{trajectory}/prob/{col}/{kind}/{k}")
+
+    return aggregate_probability_rows(
+        scores, dataset, trajectory, p, kinds=("real", "neutral", "swap"), summary=summary
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -651,15 +638,6 @@ def checks_markdown(
 # figures
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def tradeoff_figure(
     cfrt: pd.DataFrame,
     lpips: pd.DataFrame,
@@ -673,7 +651,7 @@ def tradeoff_figure(
     lp = lpips[(lpips["version"] == "swap") & (lpips["reference"] == "reconstruction")]
     if per_k.empty or lp.empty:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     for i, traj in enumerate(sorted(per_k["trajectory"].unique())):
         colour = f"C{i % 10}"  # figures.py's convention: trajectories in name order
@@ -712,17 +690,13 @@ def tradeoff_figure(
     ax.set_ylim(-0.02, 1.05)
     ax.legend(fontsize=6)
     fig.suptitle("Real images: edit strength vs change", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, out_png)
     return True
 
 
 def real_grid(shards: list[Path], out_png: Path, trajectory: str, n_images: int) -> bool:
     """Rows are real images: the real image, its reconstruction, then the swaps from late
     (small edit) to early k."""
-    from PIL import Image
-
     metas = []
     for shard in shards:
         meta = pd.read_parquet(shard / "meta.parquet")
@@ -735,36 +709,25 @@ def real_grid(shards: list[Path], out_png: Path, trajectory: str, n_images: int)
         return False
     seeds = sorted(meta["seed"].unique())[:n_images]
     ks = sorted(meta.loc[meta["kind"] == "swap", "k"].astype(int).unique(), reverse=True)
-    plt = _plt()
-    cols = 2 + len(ks)
-    fig, axes = plt.subplots(
-        len(seeds), cols, figsize=(1.2 * cols + 0.6, 1.2 * len(seeds) + 0.6), squeeze=False
-    )
-    titles = ["real", "reconstruction"] + [f"k={k}" for k in ks]
-    for r, seed in enumerate(seeds):
+    cells, labels = [], []
+    for seed in seeds:
         rows = meta[meta["seed"] == seed]
         neutral = rows[rows["kind"] == "neutral"]
         real = neutral["abs_real"].iloc[0] if "abs_real" in rows and len(neutral) else None
         swaps = rows[rows["kind"] == "swap"]
         by_k = dict(zip(swaps["k"].astype(int), swaps["abs_path"], strict=True))
-        cells = [real, neutral["abs_path"].iloc[0] if len(neutral) else None]
-        cells += [by_k.get(k) for k in ks]
-        label = str(rows["image_id"].iloc[0]) if "image_id" in rows else f"image {seed}"
-        for c, path in enumerate(cells):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if path is not None and Path(path).is_file():
-                with Image.open(path) as img:
-                    ax.imshow(np.asarray(img.convert("RGB")))
-            if r == 0:
-                ax.set_title(titles[c], fontsize=7)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=7)
-    fig.suptitle(f"{trajectory}: real image, reconstruction, swaps (late -> early)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+        cells.append(
+            [real, neutral["abs_path"].iloc[0] if len(neutral) else None]
+            + [by_k.get(k) for k in ks]
+        )
+        labels.append(str(rows["image_id"].iloc[0]) if "image_id" in rows else f"image {seed}")
+    image_grid(
+        cells,
+        ["real", "reconstruction"] + [f"k={k}" for k in ks],
+        labels,
+        f"{trajectory}: real image, reconstruction, swaps (late -> early)",
+        out_png,
+    )
     return True
 
 
@@ -918,36 +881,30 @@ def aggregate_real(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--scores",
-        nargs="+",
-        action="extend",
-        required=True,
-        help="real-shard score parquets, each named (or @LIST: a file naming one a line)",
+    def inputs(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--inversions",
+            nargs="+",
+            action="extend",
+            required=True,
+            help="inversion shard folders (inversion.parquet), each named (or @LIST)",
+        )
+
+    add_metrics_arguments(
+        parser,
+        scores="real-shard score parquets, each named (or @LIST: a file naming one a line)",
+        out="real-image metrics folder",
+        traversals="real-image traversal shard folders, each named (or @LIST); for the image grids",
+        inputs=inputs,
     )
-    parser.add_argument(
-        "--inversions",
-        nargs="+",
-        action="extend",
-        required=True,
-        help="inversion shard folders (inversion.parquet), each named (or @LIST)",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="real-image metrics folder")
-    parser.add_argument(
-        "--traversals",
-        nargs="*",
-        action="extend",
-        default=[],
-        help="real-image traversal shard folders, each named (or @LIST); for the image grids",
-    )
-    parser.add_argument("--params", default="{}", help="metrics params as JSON or @file")
 
 
 def main(args: argparse.Namespace) -> None:
-    from medtraverse.core.io import check_output
-
-    check_output(args.out, STAGE, "folder")  # before any work; never replaces user data
-    result = aggregate_real(
-        args.scores, args.inversions, args.out, load_params(args.params), args.traversals
+    run_metrics_stage(
+        args.out,
+        STAGE,
+        args.params,
+        lambda params: aggregate_real(
+            args.scores, args.inversions, args.out, params, args.traversals
+        ),
     )
-    print(to_markdown(result["summary"]), end="")
