@@ -117,6 +117,23 @@ def _first_crossing(profile: np.ndarray, level: float) -> float:
     return i - 1 + float(np.clip((level - a) / max(b - a, 1e-6), 0.0, 1.0))
 
 
+def _trace_lungs(
+    g: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, float, float, float, dict[str, np.ndarray], np.ndarray] | None:
+    """The lungs of a grey chest X-ray, as both measures trace them: the lung map, the rows of
+    its lung pixels, the lungs' horizontal extent (1st, 99th percentile of the lung pixels'
+    columns) and its centre, the edges per row around that centre, and the rows where both
+    lungs show; None when no lungs are found."""
+    lung = _lung_map(g)
+    if lung is None:
+        return None
+    ys, xs = np.nonzero(lung >= 0.5)
+    x_lo, x_hi = np.percentile(xs, [1, 99])
+    mid = 0.5 * (x_lo + x_hi)
+    e = _edges(lung, mid)
+    return lung, ys, x_lo, x_hi, mid, e, e["has_left"] & e["has_right"]
+
+
 def chexpert_measures(img: np.ndarray) -> dict[str, float]:
     """Raw measurements behind ``detect_chexpert`` (for calibration and debugging).
 
@@ -141,14 +158,10 @@ def chexpert_measures(img: np.ndarray) -> dict[str, float]:
         "lateral_height": 1.0,
         "ctr": 0.4,
     }
-    lung = _lung_map(g)
-    if lung is None:
+    lungs = _trace_lungs(g)
+    if lungs is None:
         return out
-    ys, xs = np.nonzero(lung >= 0.5)
-    x_lo, x_hi = np.percentile(xs, [1, 99])
-    mid = 0.5 * (x_lo + x_hi)
-    e = _edges(lung, mid)
-    both = e["has_left"] & e["has_right"]
+    lung, ys, x_lo, x_hi, mid, e, both = lungs
     if not both.any():
         return out
     thorax = max(float(np.percentile((e["outer_right"] - e["outer_left"])[both], 90)), 1.0)
@@ -240,14 +253,10 @@ def chexpert_identity(img: np.ndarray) -> dict[str, float]:
             ndimage.gaussian_filter(free, sigma), 1e-6
         )
         g = np.where(filled, fill, g)
-    lung = _lung_map(g)
-    if lung is None:
+    lungs = _trace_lungs(g)
+    if lungs is None:
         return out
-    ys, xs = np.nonzero(lung >= 0.5)
-    x_lo, x_hi = np.percentile(xs, [1, 99])
-    mid = 0.5 * (x_lo + x_hi)
-    e = _edges(lung, mid)
-    both = e["has_left"] & e["has_right"]
+    lung, _, _, _, mid, e, both = lungs
     rows = np.arange(h)
     tops = [_first_crossing(lung[:, side].max(1), 0.5) for side in (cols < mid, cols >= mid)]
     apex = float(np.mean(tops))
