@@ -271,20 +271,6 @@ def test_provenance_chain_from_metrics_reaches_the_raw_tables(smoke: Path) -> No
     assert synth and max(r["depth"] for r in synth) > max(r["depth"] for r in prepare)
 
 
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND",  # no host resolves: anything remote fails
-    "--virtual-time-budget=20000",
-)
-
-
 def test_report_is_self_contained(smoke: Path, tmp_path: Path) -> None:
     report = smoke / RUN / "report.html"
     proc = _run(smoke, "--configfile", SMOKE, "--report", str(report), timeout=600)
@@ -294,18 +280,10 @@ def test_report_is_self_contained(smoke: Path, tmp_path: Path) -> None:
     external = re.findall(r"<(?:script|link|img|iframe)[^>]*(?:src|href)=[\"']https?://", html)
     assert external == []
     assert "Metrics" in html and "Models" in html
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        if os.environ.get("MEDTRAVERSE_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium is required here (make test installs it as root)")
-        pytest.skip("chromium not installed: the report was not opened in a browser")
-    dom = subprocess.run(
-        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom"]
-        + [report.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).stdout
+    from tests.workflow_utils import chromium, dump_dom
+
+    browser = chromium("the report")
+    dom = dump_dom(browser, report.as_uri(), tmp_path / "profile", budget_ms=20000, timeout=300)
     # the page's scripts ran offline and drew the report: its navigation lists the categories
     app = dom.split('id="app"', 1)[-1]
     assert "<nav" in app and "<li" in app, dom[-2000:]

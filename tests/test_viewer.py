@@ -10,7 +10,6 @@ The screenshot in docs/figures/viewer.png comes from this fake (until a demo run
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -25,22 +24,11 @@ from PIL import Image
 from medtraverse.report.viewer import ViewerParams, image_uri, viewer_data
 from tests.fakedata import write_shard
 from tests.oneline import assert_one_line_error, run_main
+from tests.workflow_utils import chromium, chromium_command, dump_dom
 
 KS = (5, 10, 45)
 FRAMES = 5
 TRAJECTORIES = ("support_devices", "pleural_effusion")
-BROWSER_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND",  # no host resolves: anything remote fails
-    "--virtual-time-budget=5000",
-)
 
 
 def strength(kind: str, k: int, frame: int) -> float:
@@ -251,19 +239,12 @@ def test_bad_input_is_one_line_and_writes_nothing(
 @pytest.fixture(scope="module")
 def browser() -> str:
     """Headless Chromium; its absence skips the test unless MEDTRAVERSE_REQUIRE_BROWSER=1."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("MEDTRAVERSE_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium is required here (make test installs it as root)")
-        pytest.skip("chromium not installed: the viewer was not opened in a browser")
-    return found
+    return chromium("the viewer")
 
 
-def dump_dom(browser: str, page: Path, fragment: str, profile: Path) -> str:
-    url = page.as_uri() + (f"#{fragment}" if fragment else "")
-    cmd = [browser, *BROWSER_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    return proc.stdout
+def page_dom(browser: str, page: Path, fragment: str, profile: Path) -> str:
+    """The viewer's DOM after its script ran, opened with the URL fragment ``fragment``."""
+    return dump_dom(browser, page.as_uri() + (f"#{fragment}" if fragment else ""), profile)
 
 
 def shown(dom: str, which: str) -> dict[str, Any]:
@@ -304,14 +285,14 @@ def test_the_script_moves_the_sliders_in_chromium(
         return [f"{sel.iloc[0]['p_' + a]:.3f}" for a in ("support_devices", "pleural_effusion")]
 
     # opened plainly: the first trajectory's first seed, neutral image and frame 0
-    dom = dump_dom(browser, page, "", tmp_path / "p0")
+    dom = page_dom(browser, page, "", tmp_path / "p0")
     start = shown(dom, "swap")
     assert start["ready"] and start["pos"] == "neutral", dom[-3000:]
     assert start["src"] == expected(data, "pleural_effusion", "seed-0", "swap", 0)["src"]
 
     # the fragment picks trajectory and seed, then moves both sliders by input events
     fragment = "traj=support_devices&item=seed-3&k=10&frame=3"
-    dom = dump_dom(browser, page, fragment, tmp_path / "p1")
+    dom = page_dom(browser, page, fragment, tmp_path / "p1")
     swap, bezier = shown(dom, "swap"), shown(dom, "bezier")
     assert swap["ready"] and swap["pos"] == "k = 10", dom[-3000:]
     assert swap["src"] == expected(data, "support_devices", "seed-3", "swap", 2)["src"]
@@ -325,7 +306,7 @@ def test_the_script_moves_the_sliders_in_chromium(
     assert 'id="real-panel"' in dom and re.search(r'class="panel hidden" id="real-panel"', dom)
 
     # a real image: its panel is shown, with LPIPS to the real image beside the swap's
-    dom = dump_dom(browser, page, "traj=support_devices&item=real-img001&k=45", tmp_path / "p2")
+    dom = page_dom(browser, page, "traj=support_devices&item=real-img001&k=45", tmp_path / "p2")
     swap = shown(dom, "swap")
     assert swap["pos"] == "k = 45" and "LPIPS to the real image" in swap["lpips"], dom[-3000:]
     assert swap["src"] == expected(data, "support_devices", "real-img001", "swap", 3)["src"]
@@ -351,7 +332,7 @@ def test_a_broken_script_fails_the_dom_check(page: Path, browser: str, tmp_path:
     html = page.read_text()
     assert html.count('"use strict";') == 1
     broken.write_text(html.replace('"use strict";', '"use strict"; var = ;'))
-    dom = dump_dom(browser, broken, "traj=support_devices&item=seed-3&k=10", tmp_path / "p")
+    dom = page_dom(browser, broken, "traj=support_devices&item=seed-3&k=10", tmp_path / "p")
     assert 'id="swap-img"' in dom  # the page itself loaded
     swap = shown(dom, "swap")
     assert not swap["ready"] and swap["src"] is None and swap["probs"] == [] and not swap["pos"]
@@ -373,8 +354,14 @@ def screenshot(png: str | Path, seeds: int = 4) -> Path:
         target = Path(png).resolve()
         url = out.as_uri() + "#traj=support_devices&item=real-img001&k=10&frame=3"
         subprocess.run(
-            [browser, *BROWSER_FLAGS, f"--user-data-dir={tmp}/profile"]
-            + ["--hide-scrollbars", f"--screenshot={target}", "--window-size=1100,700", url],
+            chromium_command(
+                browser,
+                Path(tmp) / "profile",
+                "--hide-scrollbars",
+                f"--screenshot={target}",
+                "--window-size=1100,700",
+                url,
+            ),
             check=True,
             capture_output=True,
             timeout=120,
