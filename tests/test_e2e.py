@@ -339,7 +339,14 @@ def _cpu_cluster_profile(dest: Path) -> Path:
 
 # Fields of a provenance record (and of a stage's own summary) that say when and where a job
 # ran, not what it made; everything else must be equal byte for byte.
-VOLATILE = {"created", "device", "seconds", "train_seconds", "images_per_second"}
+VOLATILE = {
+    "created",
+    "device",
+    "seconds",
+    "train_seconds",
+    "images_per_second",
+    "samples_per_second",
+}
 
 
 def _stable(value: object) -> object:
@@ -355,11 +362,16 @@ def _stable(value: object) -> object:
 
 
 def _outputs(run: Path) -> dict[str, Path]:
-    """Every file of a run but Snakemake's job logs and benchmarks (wall clock, host)."""
+    """Every file of a run but Snakemake's job logs and benchmarks (wall clock, host) and the
+    global RNG states in fine-tuning's resume checkpoints (accelerate saves Python's, NumPy's
+    and torch's global generators, which training never draws from: its noise, timesteps and
+    order come from seeded generators of its own, and its resumed weights are compared)."""
     return {
         rel: p
         for rel, p in _files(run, "*").items()
-        if p.is_file() and not rel.startswith(("logs/", "benchmarks/"))
+        if p.is_file()
+        and not rel.startswith(("logs/", "benchmarks/"))
+        and not re.search(r"/checkpoints/checkpoint-\d+/random_states_\d+\.pkl$", rel)
     }
 
 

@@ -56,6 +56,7 @@ class Threads:
     train_vae: int = setting(2, min=1, help="tiny VAE training (demo)")
     cache: int = setting(2, min=1, help="encoding images and prompts")
     finetune: int = setting(2, min=1, help="U-Net fine-tuning (per process)")
+    sample_grid: int = setting(1, min=1, help="the neutral-vs-attribute sample grid")
     traverse: int = setting(2, min=1, help="one traversal shard")
     train_classifier: int = setting(1, min=1, help="one classifier")
     score: int = setting(1, min=1, help="scoring one shard")

@@ -106,8 +106,9 @@ rule sample_grid:
         f"{BENCH}/sample_grid/{{dataset}}.tsv"
     conda:
         "../../envs/medtraverse.yaml"
+    threads: rule_threads("sample_grid")
     params:
         samples=section("samples"),
     shell:
         "medtraverse sample-grid --model {input.model:q} --out {output:q}"
-        " --params {params.samples:q} > {log:q} 2>&1"
+        " --params {params.samples:q} --threads {threads} > {log:q} 2>&1"
