@@ -18,8 +18,8 @@ import pytest
 
 from medtraverse.audit import expected_paths, find_orphans, parse_dry_run, parse_summary
 from tests.oneline import assert_one_line_error, run_cli
-from tests.test_reruns import RUN, SMOKE, complete, plan, smoke_workdir, snakemake
-from tests.workflow_utils import env
+from tests.test_reruns import RUN, SMOKE, complete, plan, smoke_workdir
+from tests.workflow_utils import env, run_workflow
 
 DRY_RUN = """\
 Building DAG of jobs...
@@ -128,7 +128,7 @@ def test_a_decoy_shard_is_neither_aggregated_nor_missed(smoke: Path) -> None:
 
     # not aggregated: the workflow has nothing to do, and a forced aggregation skips it
     assert plan(smoke) == {}
-    proc = snakemake(
+    proc = run_workflow(
         smoke, "--configfile", SMOKE, "--cores", "2", "--forcerun", "aggregate_metrics"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -22,28 +21,11 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tests.workflow_utils import BIN, ROOT, dry_run, env, snakemake
+from tests.workflow_utils import BIN, ROOT, copy_project, dry_run, env, run_workflow
 
 pytestmark = pytest.mark.slow
 SMOKE = "config/smoke.yaml"
 RUN = "results/smoke"
-
-
-def _copy_project(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "config", "src", "envs", "profiles"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(
-                src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-            )
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
-
-
-def _run(workdir: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-    return snakemake(*args, workdir=workdir, timeout=timeout, snakefile=workdir / "Snakefile")
 
 
 def _plan(workdir: Path, *args: str, config: str = SMOKE) -> dict[str, int]:
@@ -53,8 +35,10 @@ def _plan(workdir: Path, *args: str, config: str = SMOKE) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smoke config run to completion once, locally."""
-    workdir = _copy_project(tmp_path_factory.mktemp("smoke-local"))
-    proc = _run(workdir, "--profile", "profiles/local", "--configfile", SMOKE, "--cores", "2")
+    workdir = copy_project(tmp_path_factory.mktemp("smoke-local"))
+    proc = run_workflow(
+        workdir, "--profile", "profiles/local", "--configfile", SMOKE, "--cores", "2"
+    )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     return workdir
 
@@ -273,7 +257,7 @@ def test_provenance_chain_from_metrics_reaches_the_raw_tables(smoke: Path) -> No
 
 def test_report_is_self_contained(smoke: Path, tmp_path: Path) -> None:
     report = smoke / RUN / "report.html"
-    proc = _run(smoke, "--configfile", SMOKE, "--report", str(report), timeout=600)
+    proc = run_workflow(smoke, "--configfile", SMOKE, "--report", str(report), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = report.read_text()
     # nothing is fetched from elsewhere: no external script, style sheet, image or frame, also
@@ -381,9 +365,9 @@ def _outputs(run: Path) -> dict[str, Path]:
 def test_slurm_run_matches_the_local_run_bit_for_bit(
     smoke: Path, cluster: None, tmp_path: Path
 ) -> None:
-    workdir = _copy_project(tmp_path / "smoke-slurm")
+    workdir = copy_project(tmp_path / "smoke-slurm")
     overrides = _cpu_cluster_profile(tmp_path / "cpu-cluster")
-    proc = _run(
+    proc = run_workflow(
         workdir,
         *("--profile", "profiles/slurm", "--workflow-profile", str(overrides)),
         *("--configfile", SMOKE),

@@ -25,11 +25,10 @@ import yaml
 
 from tests.oneline import assert_one_line_error, run_cli
 from tests.test_aggregate import PARAMS, write_trajectory
-from tests.workflow_utils import BIN, ROOT, env, job_counts
+from tests.workflow_utils import copy_project, job_counts, run_workflow
 
 SMOKE = "config/smoke.yaml"
 RUN = "results/smoke"
-PARTS = ("Snakefile", "workflow", "config", "src", "envs", "profiles")
 
 
 # --- aggregate reads exactly its inputs (fast) -------------------------------------------------
@@ -128,34 +127,16 @@ def test_a_score_file_without_a_classifier_column_is_named(fake: Path, tmp_path:
 # --- the smoke workflow: reruns after config and code changes (slow) ----------------------------
 
 
-def copy_project(dest: Path) -> Path:
-    """The project's workflow files and sources in ``dest`` (edits there leave the checkout)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PARTS:
-        src = ROOT / name
-        if src.is_dir():
-            ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "smoke-*.yaml")
-            shutil.copytree(src, dest / name, ignore=ignore)
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
-
-
-def snakemake(workdir: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "snakemake"), "-s", str(workdir / "Snakefile"), "-d", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=timeout)
-
-
 def complete(workdir: Path, config: str = SMOKE) -> None:
     """Run the workflow to completion with ``config`` (nothing happens when it is complete)."""
     args = ("--profile", "profiles/local", "--configfile", config, "--cores", "2")
-    proc = snakemake(workdir, *args)
+    proc = run_workflow(workdir, *args)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
 
 
 def plan(workdir: Path, config: str = SMOKE) -> dict[str, int]:
     """The jobs a dry run would start, by rule."""
-    proc = snakemake(workdir, "-n", "--configfile", config, timeout=300)
+    proc = run_workflow(workdir, "-n", "--configfile", config, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return job_counts(proc.stdout + proc.stderr)
 

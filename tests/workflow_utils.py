@@ -33,6 +33,28 @@ def snakemake(
     return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=timeout)
 
 
+PROJECT_PARTS = ("Snakefile", "workflow", "config", "src", "envs", "profiles")
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's workflow files and sources in ``dest``, so a test can edit a stage's
+    source or a config there without touching the checkout."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_PARTS:
+        src = ROOT / name
+        if src.is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "smoke-*.yaml")
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def run_workflow(workdir: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
+    """Snakemake on a copy made by ``copy_project`` (its own Snakefile), in that folder."""
+    return snakemake(*args, workdir=workdir, timeout=timeout, snakefile=workdir / "Snakefile")
+
+
 def job_counts(output: str) -> dict[str, int]:
     """The 'Job stats' table of a dry run as {rule: count} (empty when nothing would run)."""
     counts: dict[str, int] = {}
