@@ -694,6 +694,18 @@ def tradeoff_figure(
     return True
 
 
+def _wrap_id(image_id: str, width: int = 14) -> str:
+    """An image id on lines of about ``width`` characters, broken after underscores, so long
+    ids (``patient00007_study1_view1_frontal``) fit beside a grid row."""
+    lines: list[str] = []
+    for part in image_id.split("_"):
+        if lines and len(lines[-1]) + 1 + len(part) <= width:
+            lines[-1] += "_" + part
+        else:
+            lines.append(part if not lines else "_" + part)
+    return "\n".join(lines)
+
+
 def real_grid(shards: list[Path], out_png: Path, trajectory: str, n_images: int) -> bool:
     """Rows are real images: the real image, its reconstruction, then the swaps from late
     (small edit) to early k."""
@@ -720,7 +732,9 @@ def real_grid(shards: list[Path], out_png: Path, trajectory: str, n_images: int)
             [real, neutral["abs_path"].iloc[0] if len(neutral) else None]
             + [by_k.get(k) for k in ks]
         )
-        labels.append(str(rows["image_id"].iloc[0]) if "image_id" in rows else f"image {seed}")
+        labels.append(
+            _wrap_id(str(rows["image_id"].iloc[0])) if "image_id" in rows else f"image {seed}"
+        )
     image_grid(
         cells,
         ["real", "reconstruction"] + [f"k={k}" for k in ks],
