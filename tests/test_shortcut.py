@@ -4,7 +4,9 @@ and the per-group metrics."""
 from __future__ import annotations
 
 import csv
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -340,7 +342,7 @@ def test_fast_group_metrics_equal_the_shared_binary_metrics() -> None:
 def test_workflow_plans_the_study_and_reruns_follow_its_config(tmp_path: Path) -> None:
     import yaml
 
-    from tests.workflow_utils import ROOT, dry_run
+    from tests.workflow_utils import ROOT, dry_run, snakemake
 
     demo = ROOT / "config/shortcut-demo.yaml"
     jobs = dry_run(demo, tmp_path, "--", "shortcut_study")
@@ -350,6 +352,14 @@ def test_workflow_plans_the_study_and_reruns_follow_its_config(tmp_path: Path) -
     assert jobs["shortcut_counterfactuals"] == 2  # A without B, B without A
     assert jobs["shortcut_arm"] == arms and jobs["shortcut_train"] == arms
     assert "traverse_shard" not in jobs and "score_shard" not in jobs
+    # the real-only arms get no counterfactual settings: filter or swap step leave them alone
+    proc = snakemake(
+        "-n", "-p", "--configfile", str(demo), "--", "shortcut_study", workdir=tmp_path
+    )
+    params = dict(re.findall(r"--arm (\w+) .*?--params '([^']*)'", proc.stdout))
+    assert set(params) == set(config["shortcut"]["arms"]), proc.stdout[-2000:]
+    assert json.loads(params["confounded"]) == json.loads(params["balanced"]) == {"seed": 0}
+    assert json.loads(params["augmented"])["filter"] is False
     # without a shortcut section the rules are not even loaded
     plain = {k: v for k, v in config.items() if k != "shortcut"}
     (tmp_path / "plain.yaml").write_text(yaml.safe_dump(plain))

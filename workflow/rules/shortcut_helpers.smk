@@ -50,6 +50,11 @@ def sc_traverse_params(wildcards):
 
 
 def sc_arm_params(wildcards):
+    """The counterfactual settings for the arms that add counterfactuals; the real-only arms
+    get the seed alone, so changing the counterfactuals (filter, swap step, ...) leaves them.
+    """
+    if wildcards.arm not in ("augmented", "counterfactual"):
+        return as_json({"seed": config["seed"]})
     return as_json({"seed": config["seed"], **{k: CF[k] for k in CF_KEYS if k in CF}})
 
 
