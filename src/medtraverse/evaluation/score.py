@@ -160,19 +160,24 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def lpips_column(
-    meta: pd.DataFrame, params: dict[str, Any], device: str, reference: str = "neutral"
+    meta: pd.DataFrame,
+    params: dict[str, Any],
+    device: str,
+    reference: str = "neutral",
+    loaded: tuple[Any, str] | None = None,
 ) -> tuple[np.ndarray, str]:
     """LPIPS of each row to its reference, at the images' own resolution, inputs in [-1, 1];
     images are read again batch by batch (only the reference images stay in memory).
 
     ``reference`` "neutral": the seed's neutral image for swaps (and real rows), frame 0 for
-    frames (0 for the neutral image); "real": the seed's ``real`` row (0 for that row)."""
+    frames (0 for the neutral image); "real": the seed's ``real`` row (0 for that row).
+    ``loaded``: the (model, label) of ``backbones.load_lpips``, to load it once for both."""
     import torch
 
     from medtraverse.evaluation.backbones import load_lpips
     from medtraverse.evaluation.metrics import lpips_distances
 
-    model, label = load_lpips(params, device)
+    model, label = loaded if loaded is not None else load_lpips(params, device)
     ref_of: dict[tuple[int, str], Path] = {}
     for seed, kind, frame, path in zip(
         meta["seed"], meta["kind"], meta["frame"], meta["abs_path"], strict=True
@@ -306,9 +311,16 @@ def score_shard(
     for factor, values in sorted(ids.items()):
         table[f"id_{factor}"] = values
     if spec.lpips_backbone is not None:
-        table["lpips"], table["lpips_backbone"] = lpips_column(meta, spec.lpips(), device)
+        from medtraverse.evaluation.backbones import load_lpips
+
+        loaded = load_lpips(spec.lpips(), device)  # once, for both columns
+        table["lpips"], table["lpips_backbone"] = lpips_column(
+            meta, spec.lpips(), device, loaded=loaded
+        )
         if real:
-            table["lpips_real"] = lpips_column(meta, spec.lpips(), device, reference="real")[0]
+            table["lpips_real"] = lpips_column(
+                meta, spec.lpips(), device, reference="real", loaded=loaded
+            )[0]
     write_parquet(table, out, stage="score")
     provenance.record(
         out,
