@@ -3,12 +3,14 @@
 import json
 import math
 import shlex
+from dataclasses import fields
 from pathlib import Path
 
 from medtraverse.cli import STAGES
 from medtraverse.config import check_real_data
 from medtraverse.config import threads as config_threads
 from medtraverse.core.imports import module_closure
+from medtraverse.evaluation.score import ScoreParams
 
 RESULTS = f"{config['results']}/{config['run']}"
 LOGS = f"{RESULTS}/logs"
@@ -425,12 +427,8 @@ def metrics_params(wildcards):
     return as_json(params)
 
 
-LPIPS_KEYS = (
-    "lpips_backbone",
-    "lpips_alexnet_path",
-    "lpips_random_seed",
-    "lpips_batch_size",
-)
+# the score stage's LPIPS settings (backbone, weights, seed, batch), named by its dataclass
+LPIPS_KEYS = tuple(f.name for f in fields(ScoreParams) if f.name.startswith("lpips"))
 
 
 def real_score_params(wildcards):
