@@ -48,20 +48,22 @@ WORKFLOW_KEYS: dict[str, tuple[str, ...]] = {"finetune": ("gpus",)}
 @dataclass(frozen=True)
 class Threads:
     """CPU threads of each heavy rule (``threads:``): its ``--threads`` and torch's threads.
-    Two for the demo's critical path (VAE, cache, fine-tuning, traversal), one elsewhere, so two
-    jobs share a 2-core laptop; a cluster profile raises them (``cpus_per_task`` follows)."""
+    Two where a second thread pays (the VAE: 1.6x; the cache), one elsewhere: the tiny U-Net's
+    steps are too small for a second thread (1.2x, docs/benchmarks.md), so on a 2-core laptop
+    fine-tuning runs beside a classifier and traversal shards run two at a time. A cluster
+    profile raises them (``cpus_per_task`` follows)."""
 
     synth: int = setting(1, min=1, help="writing the synthetic twin")
     prepare: int = setting(2, min=1, help="resizing images (thread pool)")
     train_vae: int = setting(2, min=1, help="tiny VAE training (demo)")
     cache: int = setting(2, min=1, help="encoding images and prompts")
-    finetune: int = setting(2, min=1, help="U-Net fine-tuning (per process)")
+    finetune: int = setting(1, min=1, help="U-Net fine-tuning (per process)")
     sample_grid: int = setting(1, min=1, help="the neutral-vs-attribute sample grid")
-    traverse: int = setting(2, min=1, help="one traversal shard")
+    traverse: int = setting(1, min=1, help="one traversal shard")
     train_classifier: int = setting(1, min=1, help="one classifier")
     score: int = setting(1, min=1, help="scoring one shard")
     aggregate: int = setting(1, min=1, help="metrics, LPIPS, FID, t-SNE")
-    invert: int = setting(2, min=1, help="one inversion shard (null-text: a backward pass a step)")
+    invert: int = setting(1, min=1, help="one inversion shard (null-text: a backward pass a step)")
     annotate: int = setting(1, min=1, help="ISIC artifact pseudo-labels (classifier)")
 
 

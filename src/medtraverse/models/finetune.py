@@ -353,6 +353,7 @@ def finetune(
     from tqdm.auto import tqdm
 
     from medtraverse.core import provenance
+    from medtraverse.core.device import fused_adam
     from medtraverse.core.provenance import params_sha256
     from medtraverse.models.cache import MANIFEST
     from medtraverse.models.pipeline import load_pipeline, resolve_base
@@ -423,6 +424,7 @@ def finetune(
         betas=(spec.adam_beta1, spec.adam_beta2),
         weight_decay=spec.adam_weight_decay,
         eps=spec.adam_epsilon,
+        fused=fused_adam(device.type),
     )
     lr_scheduler = get_scheduler(
         spec.lr_scheduler,
