@@ -476,7 +476,10 @@ def train_classifier(
         steps_per_epoch = min(steps_per_epoch, p.max_steps_per_epoch)
     total = max(1, steps_per_epoch * p.epochs)
     opt = torch.optim.AdamW(
-        model.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay, fused=fused_adam(device)
+        model.parameters(),
+        lr=p.learning_rate,
+        weight_decay=p.weight_decay,
+        fused=fused_adam(device),
     )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
