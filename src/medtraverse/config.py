@@ -49,7 +49,7 @@ WORKFLOW_KEYS: dict[str, tuple[str, ...]] = {"finetune": ("gpus",)}
 class Threads:
     """CPU threads of each heavy rule (``threads:``): its ``--threads`` and torch's threads.
     Two where a second thread pays (the VAE: 1.6x; the cache), one elsewhere: the tiny U-Net's
-    steps are too small for a second thread (1.2x, docs/benchmarks.md), so on a 2-core laptop
+    steps gain little from a second thread (1.2-1.7x, docs/benchmarks.md), so on a 2-core laptop
     fine-tuning runs beside a classifier and traversal shards run two at a time. A cluster
     profile raises them (``cpus_per_task`` follows)."""
 
