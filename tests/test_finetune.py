@@ -97,6 +97,34 @@ def test_cached_and_on_the_fly_encoding_give_the_same_loss(
     assert torch.isfinite(a) and float(a) == pytest.approx(float(b), rel=1e-5)
 
 
+def test_min_snr_weighting_caps_the_low_noise_timesteps(base: Path, cache: Path) -> None:
+    """min-SNR-gamma: weight min(SNR, gamma) / SNR per sample, so timesteps with SNR above gamma
+    count gamma / SNR, the noisy ones fully; a gamma above every SNR is the plain mean."""
+    from diffusers import DDPMScheduler
+
+    from medtraverse.models.finetune import CachedInputs, diffusion_loss, draw_step, min_snr_weights
+    from medtraverse.models.pipeline import load_pipeline
+
+    pipe = load_pipeline(base)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    alphas = scheduler.alphas_cumprod.double()
+    snr = alphas / (1 - alphas)
+    t = torch.tensor([0, 100, 999])  # SNR about 1,175, 8.5 and 0.005 on SD's schedule
+    w = min_snr_weights(scheduler, t, 5.0)
+    assert float(snr[0]) > 1000 and 8 < float(snr[100]) < 9 and float(snr[999]) < 0.01
+    assert w.tolist() == pytest.approx([5 / float(snr[0]), 5 / float(snr[100]), 1.0], rel=1e-6)
+
+    cached = CachedInputs(cache, flip=False)
+    draws = draw_step(0, 0, 0, 6, cached.latent_shape, num_train_timesteps=1000, prompt_dropout=0)
+    idx, scale = torch.arange(6), float(pipe.vae.config.scaling_factor)
+    args = (pipe.unet, scheduler, *cached(idx, draws.flip), cached.uncond, draws, scale)
+    with torch.no_grad():
+        plain, huge, capped = (diffusion_loss(*args, g) for g in (0.0, 1e9, 5.0))
+        weights = min_snr_weights(scheduler, draws.timesteps, 5.0)
+    assert float(huge) == pytest.approx(float(plain), rel=1e-5)
+    assert weights.min() < 1 and float(capped) < float(plain)
+
+
 def test_epoch_order_is_a_permutation_split_across_processes() -> None:
     from medtraverse.models.finetune import batch_indices, micro_steps_per_epoch
 

@@ -33,6 +33,9 @@ class VaeParams:
 
     steps: int = setting(2000, min=0, help="training steps")
     learning_rate: float = setting(1e-3, above=0, help="AdamW learning rate")
+    lr_schedule: str = setting(
+        "constant", choices=("constant", "cosine"), help="learning rate over the steps"
+    )
     batch_size: int = setting(32, min=1, help="images a step")
     kl_weight: float = setting(1e-6, min=0, help="weight of the KL term")
     flip: bool = setting(False, help="random horizontal flips")
@@ -69,6 +72,12 @@ def train_vae(base: str | Path, prep: str | Path, out: str | Path, params: dict[
     images = load_images(prep, frame, pipeline_resolution(pipe))
     vae = pipe.vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=spec.learning_rate)
+    # cosine: the rate decays to 0 by the last step, so a short run ends on settled weights
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, spec.steps))
+        if spec.lr_schedule == "cosine"
+        else None
+    )
     gen = torch.Generator().manual_seed(derive_seed(spec.seed, "train-vae"))
     start, losses = time.perf_counter(), []
     for _ in tqdm(range(spec.steps), desc="train-vae", unit="step"):
@@ -84,6 +93,8 @@ def train_vae(base: str | Path, prep: str | Path, out: str | Path, params: dict[
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         losses.append(float(mse.detach()))
     vae.eval().requires_grad_(False)
 
@@ -133,8 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--params",
         default="{}",
-        help='JSON: {"steps": 2000, "learning_rate": 0.001, "batch_size": 32, '
-        '"kl_weight": 1e-6, "flip": false, "seed": 0}',
+        help='JSON: {"steps": 2000, "learning_rate": 0.001, "lr_schedule": "constant", '
+        '"batch_size": 32, "kl_weight": 1e-6, "flip": false, "seed": 0}',
     )
 
 
