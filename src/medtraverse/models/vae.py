@@ -25,6 +25,7 @@ from medtraverse.core.io import atomic_path, check_output
 from medtraverse.core.params import load_params, parse_params, setting
 from medtraverse.core.seeding import derive_seed
 from medtraverse.models.cache import add_prep_arguments
+from medtraverse.models.finetune import LR_SCHEDULERS
 
 
 @dataclass
@@ -33,9 +34,7 @@ class VaeParams:
 
     steps: int = setting(2000, min=0, help="training steps")
     learning_rate: float = setting(1e-3, above=0, help="AdamW learning rate")
-    lr_schedule: str = setting(
-        "constant", choices=("constant", "cosine"), help="learning rate over the steps"
-    )
+    lr_scheduler: str = setting("constant", choices=LR_SCHEDULERS, help="diffusers scheduler")
     batch_size: int = setting(32, min=1, help="images a step")
     kl_weight: float = setting(1e-6, min=0, help="weight of the KL term")
     flip: bool = setting(False, help="random horizontal flips")
@@ -56,6 +55,7 @@ def train_vae(base: str | Path, prep: str | Path, out: str | Path, params: dict[
     """Train the VAE of the tiny ``base`` on ``prep``'s training split; write the whole
     pipeline (base + trained VAE) at ``out`` atomically, with provenance."""
     import torch
+    from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
     from medtraverse.core import provenance
@@ -72,11 +72,10 @@ def train_vae(base: str | Path, prep: str | Path, out: str | Path, params: dict[
     images = load_images(prep, frame, pipeline_resolution(pipe))
     vae = pipe.vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=spec.learning_rate)
-    # cosine: the rate decays to 0 by the last step, so a short run ends on settled weights
-    schedule = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, spec.steps))
-        if spec.lr_schedule == "cosine"
-        else None
+    # the fine-tuning stage's schedules (cosine: the rate decays to 0 by the last step, so a
+    # short run ends on settled weights)
+    schedule = get_scheduler(
+        spec.lr_scheduler, optimizer, num_warmup_steps=0, num_training_steps=max(1, spec.steps)
     )
     gen = torch.Generator().manual_seed(derive_seed(spec.seed, "train-vae"))
     start, losses = time.perf_counter(), []
@@ -93,8 +92,7 @@ def train_vae(base: str | Path, prep: str | Path, out: str | Path, params: dict[
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if schedule is not None:
-            schedule.step()
+        schedule.step()
         losses.append(float(mse.detach()))
     vae.eval().requires_grad_(False)
 
@@ -144,7 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--params",
         default="{}",
-        help='JSON: {"steps": 2000, "learning_rate": 0.001, "lr_schedule": "constant", '
+        help='JSON: {"steps": 2000, "learning_rate": 0.001, "lr_scheduler": "constant", '
         '"batch_size": 32, "kl_weight": 1e-6, "flip": false, "seed": 0}',
     )
 
