@@ -15,6 +15,7 @@ reports wall-clock ratios, and checks the engine's latents against the authors' 
 
     python benchmarks/traverse.py                 # tiny model, CPU, 8 seeds, 50 steps, 9 swaps
     python benchmarks/traverse.py --sd15 --device cuda --dtype bfloat16 --batch-size 8
+    python benchmarks/traverse.py --authors-only  # the yardstick benchmarks/demo.py divides by
 
 ``--sd15`` builds SD 1.5's architecture with random weights at 512 px (no download) and also
 reports images/s and the fraction of the GPU's bf16 peak at 0.80 TFLOP per U-Net evaluation
@@ -134,7 +135,13 @@ def main() -> None:
     ap.add_argument("--model", help="a pipeline folder (default: build the tiny one)")
     ap.add_argument("--sd15", action="store_true", help="SD 1.5 architecture, random, 512 px")
     ap.add_argument("--compile", action="store_true", help="torch.compile the engine's U-Net")
-    ap.add_argument("--skip-authors", action="store_true", help="skip the batch-1 baseline")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--skip-authors", action="store_true", help="skip the batch-1 baseline")
+    which.add_argument(
+        "--authors-only",
+        action="store_true",
+        help="time only the batch-1 baseline (the demo's yardstick; no engine comparison)",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="repeat, report the fastest of each")
     ap.add_argument("--authors-once", action="store_true", help="batch-1 baseline not repeated")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100)")
@@ -169,6 +176,8 @@ def main() -> None:
                         args.device,
                     )
                 )
+            if args.authors_only:
+                continue
             runs.append(
                 timed(
                     "per-k batched",
@@ -212,8 +221,10 @@ def main() -> None:
             for r in runs
         },
     }
-    print("\nspeed-up of the engine (latent generation only, decode excluded):")
-    for eng in ("engine wavefront", "engine branch"):
+    engines = [e for e in ("engine wavefront", "engine branch") if e in by]
+    if engines:
+        print("\nspeed-up of the engine (latent generation only, decode excluded):")
+    for eng in engines:
         for ref in ("authors (batch 1)", "per-k batched"):
             if ref in by:
                 ratio = by[ref]["seconds"] / by[eng]["seconds"]
@@ -222,7 +233,7 @@ def main() -> None:
     # Correctness, side by side: the engine's latents against the per-k calls.
     ref_name = "authors (batch 1)" if "authors (batch 1)" in by else "per-k batched"
     ref = by[ref_name]["result"]
-    for eng in ("engine wavefront", "engine branch"):
+    for eng in engines:
         got = by[eng]["result"]
         diff = 0.0
         for j, s in enumerate(seeds):
@@ -232,7 +243,7 @@ def main() -> None:
         report[f"{eng} max abs diff vs {ref_name}"] = diff
         print(f"  {eng:<17} max |latent - {ref_name}| = {diff:.3g}")
     if args.sd15 or args.device.startswith("cuda"):
-        for eng in ("engine wavefront", "engine branch"):
+        for eng in engines:
             r = by[eng]
             images = len(seeds) * (1 + len(swaps)) / r["seconds"]
             tflops = r["unet_evals_per_seed"] * 2 * len(seeds) * SD15_TFLOP_PER_EVAL / r["seconds"]

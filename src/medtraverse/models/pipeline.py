@@ -63,7 +63,11 @@ class TinyArch:
     text_intermediate_size: int = setting(37, min=1, help="text encoder MLP width")
     unet_block_out_channels: tuple[int, ...] = setting((32, 64), min=1, help="U-Net widths")
     unet_layers_per_block: int = setting(2, min=1, help="U-Net layers per block")
-    unet_attention_head_dim: int = setting(8, min=1, help="U-Net attention head size")
+    # diffusers' UNet2DConditionModel reads its ``attention_head_dim`` as the number of heads
+    # (SD 1.5's 8 heads of 40 channels); here 8 heads of a 32-wide block are 4 channels each
+    unet_attention_head_dim: int = setting(
+        8, min=1, help="U-Net attention heads (diffusers' attention_head_dim)"
+    )
     vae_block_out_channels: tuple[int, ...] = setting((16, 32, 32), min=1, help="VAE widths")
     vae_layers_per_block: int = setting(1, min=1, help="VAE layers per block")
     vae_norm_num_groups: int = setting(8, min=1, help="VAE group norm groups")
