@@ -42,6 +42,7 @@ rule score_shard:
         f"{LOGS}/score_shard/{{dataset}}/{{trajectory}}/{{shard}}.log",
     benchmark:
         f"{BENCH}/score_shard/{{dataset}}/{{trajectory}}/{{shard}}.tsv"
+    priority: 5  # the longest chain after fine-tuning; real images and the grid fill gaps
     conda:
         "../../envs/medtraverse.yaml"
     threads: rule_threads("score")
@@ -73,6 +74,7 @@ rule aggregate_metrics:
         f"{LOGS}/aggregate_metrics/{{dataset}}.log",
     benchmark:
         f"{BENCH}/aggregate_metrics/{{dataset}}.tsv"
+    priority: 5  # the longest chain after fine-tuning; real images and the grid fill gaps
     conda:
         "../../envs/medtraverse.yaml"
     threads: rule_threads("aggregate")

@@ -11,6 +11,7 @@ rule traverse_shard:
         f"{LOGS}/traverse_shard/{{dataset}}/{{trajectory}}/{{shard}}.log",
     benchmark:
         f"{BENCH}/traverse_shard/{{dataset}}/{{trajectory}}/{{shard}}.tsv"
+    priority: 5  # the longest chain after fine-tuning; real images and the grid fill gaps
     conda:
         "../../envs/medtraverse.yaml"
     threads: rule_threads("traverse")
