@@ -143,6 +143,18 @@ def _first_crossing(profile: np.ndarray, level: float) -> float:
     return i - 1 + float(np.clip((level - a) / max(b - a, 1e-6), 0.0, 1.0))
 
 
+def _first_crossings(profiles: np.ndarray, level: float) -> np.ndarray:
+    """``_first_crossing`` of every row of ``profiles`` at once (the same float64 arithmetic)."""
+    n = profiles.shape[1]
+    above = profiles >= level
+    i = above.argmax(1)
+    rows = np.arange(len(profiles))
+    a, b = profiles[rows, np.maximum(i - 1, 0)], profiles[rows, i]
+    frac = np.clip((level - a) / np.maximum(b - a, 1e-6), 0.0, 1.0)
+    out = np.where(i == 0, 0.0, i - 1 + frac)
+    return np.where(above.any(1), out, float(n))
+
+
 def _trace_lungs(
     g: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, float, float, float, dict[str, np.ndarray], np.ndarray] | None:
@@ -254,8 +266,8 @@ def chexpert_identity(img: np.ndarray) -> dict[str, float]:
     background = float(np.percentile(gs, 2))
     tissue = float(np.median(box[box >= _otsu(box)]))
     level = 0.5 * (background + tissue)
-    left = np.array([_first_crossing(row, level) for row in gs])
-    right = w - 1 - np.array([_first_crossing(row[::-1], level) for row in gs])
+    left = _first_crossings(gs, level)
+    right = w - 1 - _first_crossings(gs[:, ::-1], level)
     inside = (left > 0) & (left < w - 1) & (right < w - 1) & (right > left)
     if inside.sum() < 0.1 * h:
         return out
