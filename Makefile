@@ -18,16 +18,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## demo: the whole DAG on the CheXpert twin (config/demo.yaml), then the report
+## demo: the whole DAG on the CheXpert twin (config/demo.yaml), then the report (one start)
 demo: install
-	snakemake --profile profiles/local --configfile config/demo.yaml
-	snakemake --profile profiles/local --configfile config/demo.yaml --report results/demo/report.html
+	snakemake --profile profiles/local --configfile config/demo.yaml \
+	  --report results/demo/report.html --report-after-run
 	@echo "Report: $(CURDIR)/results/demo/report.html"
 
 ## demo-isic: the same on the ISIC twin (config/demo-isic.yaml)
 demo-isic: install
-	snakemake --profile profiles/local --configfile config/demo-isic.yaml
-	snakemake --profile profiles/local --configfile config/demo-isic.yaml --report results/demo-isic/report.html
+	snakemake --profile profiles/local --configfile config/demo-isic.yaml \
+	  --report results/demo-isic/report.html --report-after-run
 	@echo "Report: $(CURDIR)/results/demo-isic/report.html"
 
 ## shortcut-demo: the shortcut study on the CheXpert twin (config/shortcut-demo.yaml)
