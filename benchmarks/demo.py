@@ -3,8 +3,9 @@
 Machines of one kind differ up to 3x in speed, so a demo time alone says little. This runs
 the yardstick (``benchmarks/traverse.py``'s authors path: one stock pipeline call per seed
 and per swap step, batch 1, 8 seeds), then the whole demo DAG and its report in a fresh run
-folder (one Snakemake start, as ``make demo``), then the yardstick again, and reports the demo's wall-clock, each rule's time (from Snakemake's
-``benchmark:`` files) and the ratio demo / yardstick that the demo's time target is stated in.
+folder (one Snakemake start, as ``make demo``), then the yardstick again, and reports the
+demo's wall-clock, each rule's time (from Snakemake's ``benchmark:`` files) and the ratio
+demo / yardstick that the demo's time target is stated in.
 The ratio uses the mean of the two yardsticks: on a shared machine one yardstick alone has
 been seen to drift by 40% within the hour, and bracketing the demo shows how much.
 

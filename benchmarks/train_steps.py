@@ -25,27 +25,24 @@ def unet(heads: int = 8) -> Any:
     tokens of width 32 as the tiny text encoder gives."""
 
     def make() -> tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]]:
-        return _unet(heads)
+        from diffusers import UNet2DConditionModel
+
+        model = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=heads,
+        )
+        x, t = torch.randn(32, 4, 8, 8), torch.randint(0, 1000, (32,))
+        c = torch.randn(32, 77, 32)
+        return model, lambda m: m(x, t, c).sample.pow(2).mean()
 
     return make
-
-
-def _unet(heads: int) -> tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]]:
-    from diffusers import UNet2DConditionModel
-
-    model = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=heads,
-    )
-    x, t, c = torch.randn(32, 4, 8, 8), torch.randint(0, 1000, (32,)), torch.randn(32, 77, 32)
-    return model, lambda m: m(x, t, c).sample.pow(2).mean()
 
 
 def vae() -> tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]]:

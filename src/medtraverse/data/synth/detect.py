@@ -133,18 +133,12 @@ def _edges(lung: np.ndarray, mid: float) -> dict[str, np.ndarray]:
 
 def _first_crossing(profile: np.ndarray, level: float) -> float:
     """Sub-pixel index where ``profile`` first reaches ``level`` (len if never)."""
-    above = np.nonzero(profile >= level)[0]
-    if len(above) == 0:
-        return float(len(profile))
-    i = int(above[0])
-    if i == 0:
-        return 0.0
-    a, b = profile[i - 1], profile[i]
-    return i - 1 + float(np.clip((level - a) / max(b - a, 1e-6), 0.0, 1.0))
+    return float(_first_crossings(profile[None, :], level)[0])
 
 
 def _first_crossings(profiles: np.ndarray, level: float) -> np.ndarray:
-    """``_first_crossing`` of every row of ``profiles`` at once (the same float64 arithmetic)."""
+    """Per row of ``profiles``, the sub-pixel index where it first reaches ``level`` (the row's
+    length if never): linear between the last sample below and the first at or above."""
     n = profiles.shape[1]
     above = profiles >= level
     i = above.argmax(1)
