@@ -213,6 +213,18 @@ def test_editing_the_engine_reruns_traversal_and_what_follows_not_finetuning(
 
 
 @pytest.mark.slow
+def test_a_real_image_sampler_setting_reruns_only_the_real_image_traversals(smoke: Path) -> None:
+    """invert.traverse (the real-image sampler, over traverse.params): local_blend reruns the
+    traversals from the inverted images and what follows, not the inversion, whose steps and
+    guidance are unchanged, and not the seed traversals."""
+    config = variant(
+        smoke, "blend", lambda d: d["invert"].setdefault("traverse", {}).update(local_blend=0.3)
+    )
+    real = {"traverse_real_shard": 2, "score_real_shard": 2, "aggregate_real": 1}
+    assert plan(smoke, config) == {"all": 1, **real, "render_viewer": 1}
+
+
+@pytest.mark.slow
 def test_fewer_seeds_rerun_only_aggregation_over_the_configured_seeds(smoke: Path) -> None:
     """seeds.count 4 -> 2 (shard 0001 stays on disk): only aggregation reruns, and it counts
     2 seeds, not the 4 of the shards on disk."""

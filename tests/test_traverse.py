@@ -155,6 +155,62 @@ def test_batched_engine_within_stock_batch_size_tolerance(pipe: Any) -> None:
     assert engine_diff < 1e-3  # and that is float noise, not a different trajectory
 
 
+def test_blend_mask_marks_where_the_change_reaches_the_threshold(pipe: Any) -> None:
+    from medtraverse.traversal.engine import TraversalEngine
+
+    engine = TraversalEngine(pipe, TraverseParams(local_blend=0.5))
+    change = torch.zeros(2, 4, 2, 3)
+    change[0, :, 0, 0] = torch.tensor([4.0, -4.0, 4.0, -4.0])  # size 4: the image's maximum
+    change[0, 0, 1, 2] = 8.0  # size 2 (mean over channels): half the maximum, kept in the edit
+    change[0, 0, 1, 1] = 7.9  # just under half
+    change[1] = 1e-3  # an image's scale is its own maximum
+    mask = engine.blend_mask(change)
+    assert mask.shape == (2, 1, 2, 3)
+    assert mask[0, 0].tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    assert mask[1].eq(1.0).all()
+
+
+def test_local_blend_keeps_the_neutral_run_outside_the_edit(pipe: Any) -> None:
+    """Outside a branch's mask every step's latent is the neutral run's, so the final latent is
+    the neutral one there bit for bit; inside, the edit goes on; both batchings agree; and a
+    threshold near 0 (the whole image in the mask) is the plain swap."""
+    seeds = [0, 1]
+    blended = {
+        b: generate_latents(
+            pipe,
+            seeds,
+            NEUTRAL,
+            ATTRIBUTE,
+            {**FAST, "batch_size": 2, "batching": b, "local_blend": 0.4},
+        )
+        for b in ("branch", "wavefront")
+    }
+    plain = {
+        b: generate_latents(
+            pipe, seeds, NEUTRAL, ATTRIBUTE, {**FAST, "batch_size": 2, "batching": b}
+        )
+        for b in blended
+    }
+    whole = generate_latents(
+        pipe, seeds, NEUTRAL, ATTRIBUTE, {**FAST, "batch_size": 2, "local_blend": 1e-9}
+    )
+    for s in seeds:
+        kept_by = {}
+        for b, got in blended.items():
+            assert torch.equal(got[s]["neutral"], plain[b][s]["neutral"])  # untouched
+            kept = {}
+            for k in FAST["swap_steps"]:
+                same = (got[s][k] == got[s]["neutral"]).all(0)  # latent pixels left alone
+                assert 0 < same.float().mean() < 1, (b, s, k)  # some kept, some edited
+                assert not torch.equal(got[s][k], plain[b][s][k])
+                kept[k] = same
+            kept_by[b] = kept
+        for k in FAST["swap_steps"]:
+            assert torch.equal(kept_by["branch"][k], kept_by["wavefront"][k]), (s, k)
+            assert torch.allclose(blended["branch"][s][k], blended["wavefront"][s][k], atol=1e-3)
+            assert torch.allclose(whole[s][k], plain["wavefront"][s][k], atol=1e-5), (s, k)
+
+
 def test_paper_settings_50_steps_9_swaps(pipe: Any) -> None:
     params = {"steps": 50, "swap_steps": [5, 10, 15, 20, 25, 30, 35, 40, 45], "batch_size": 1}
     counter = UNetCounter().attach(pipe.unet)

@@ -38,6 +38,7 @@ STAGE_SETTINGS: dict[str, str] = {
     "metrics": "medtraverse.report.aggregate:MetricsParams",
     "viewer": "medtraverse.report.viewer:ViewerParams",
     "invert.params": "medtraverse.traversal.invert:InvertParams",
+    "invert.traverse": "medtraverse.traversal.engine:TraverseParams",
     "annotate": "medtraverse.evaluation.artifacts:AnnotateParams",
 }
 

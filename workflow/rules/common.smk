@@ -316,10 +316,20 @@ def invert_range(wildcards):
     return first, min(size, inv["count"] - first)
 
 
+def real_sampler(wildcards):
+    """The dataset's traverse params with the invert section's `traverse` over them: the
+    sampler of the traversals from real images."""
+    ds = dataset_config(wildcards)
+    return {
+        **ds["traverse"].get("params", {}),
+        **invert_config(wildcards.dataset).get("traverse", {}),
+    }
+
+
 def invert_params(wildcards):
-    """The invert section's params; steps and guidance default to the traversal sampler's
+    """The invert section's params; steps and guidance default to the real-image sampler's
     (traverse-real needs them equal)."""
-    sampler = dataset_config(wildcards)["traverse"].get("params", {})
+    sampler = real_sampler(wildcards)
     params = {k: sampler[k] for k in ("steps", "guidance") if k in sampler}
     params.update(invert_config(wildcards.dataset).get("params", {}))
     return as_json(params)
@@ -334,10 +344,10 @@ def invert_count(wildcards):
 
 
 def traverse_real_params(wildcards):
-    """The dataset's sampler settings and the trajectory's attribute prompt; no neutral prompt:
+    """The real-image sampler's settings and the trajectory's attribute prompt; no neutral prompt:
     each image's own inversion prompt is its neutral one (the neutral run is its reconstruction).
     """
-    params = dict(dataset_config(wildcards)["traverse"].get("params", {}))
+    params = real_sampler(wildcards)
     params.pop("neutral", None)
     params.update(attribute=trajectory(wildcards)["attribute"])
     return as_json(params)

@@ -133,6 +133,12 @@ class TraverseParams:
     device: str = setting("auto", help='"auto", "cpu", "mps", "cuda" or "cuda:<n>"')
     neutral: str | None = setting(None, help="neutral prompt (the trajectory's)")
     attribute: str | None = setting(None, help="attribute prompt (the trajectory's)")
+    local_blend: float = setting(
+        0.0,
+        min=0,
+        max=1,
+        help="0: off; else keep the neutral run outside the edit (mask threshold, see blend_mask)",
+    )
 
     @property
     def resolved_batching(self) -> str:
@@ -351,6 +357,14 @@ class TraversalEngine:
         if uncond_steps is not None and uncond_steps.shape[:2] != (len(timesteps), b):
             raise bad_input("uncond_steps", f"shape {tuple(uncond_steps.shape)}", "(steps, B, ...)")
         swaps = list(p.swap_steps)
+        masks: dict[int, torch.Tensor] = {}
+
+        def blend(k: int, x: torch.Tensor, neutral: torch.Tensor) -> torch.Tensor:
+            if not p.local_blend:
+                return x
+            if k not in masks:  # branch k's first step: its change is the prompts' difference
+                masks[k] = self.blend_mask(x - neutral)
+            return torch.lerp(neutral, x, masks[k])
 
         def unc(i: int) -> torch.Tensor | None:
             if uncond_steps is None or uncond is None:
@@ -363,17 +377,17 @@ class TraversalEngine:
         out: dict[str | int, torch.Tensor] = {}
         with torch.no_grad():
             if p.resolved_batching == "branch":
-                split: dict[int, torch.Tensor] = {}
+                path: list[torch.Tensor] = []  # the neutral run's latent after each step
                 x = latents
                 for i, t in enumerate(timesteps):
                     x = self._step(x, cond(None, i), unc(i), t, step_noise[i])
-                    if i in swaps:
-                        split[i] = x
+                    path.append(x)
                 out["neutral"] = x
                 for k in swaps:
-                    x = split[k]
+                    x = path[k]
                     for i in range(k + 1, len(timesteps)):
                         x = self._step(x, cond(k, i), unc(i), timesteps[i], step_noise[i])
+                        x = blend(k, x, path[i])
                     out[k] = x
             else:
                 live: dict[str | int, torch.Tensor] = {"neutral": latents}
@@ -388,10 +402,25 @@ class TraversalEngine:
                     x = self._step(x, conds, u_n, t, noise)
                     for a, part in zip(names, x.split(b), strict=True):
                         live[a] = part
+                    for a in names[1:]:  # the branches, against this step's neutral latent
+                        live[a] = blend(int(a), live[a], live["neutral"])
                     if i in swaps:  # branch k leaves the neutral run after step k
                         live[i] = live["neutral"]
                 out = live
         return {key: val.float().cpu() for key, val in out.items()}
+
+    def blend_mask(self, change: torch.Tensor) -> torch.Tensor:
+        """Where a branch's edit lives: 1 at the latent pixels it may change, 0 where it keeps
+        the neutral run's (Prompt-to-Prompt's local blend, read from latents instead of
+        attention maps). A branch's first step after its swap starts from the neutral run's
+        latent, so its difference from the neutral step is a multiple of the two prompts'
+        noise-prediction difference; ``change`` (B, C, h, w) is that difference, its size the
+        mean over channels over the image's maximum, and the mask is where that reaches
+        ``local_blend``. No smoothing: at the demo's 8x8 latents a 3x3 max-pool (P2P's) covers
+        most of the body and keeps little of the neutral run."""
+        size = change.abs().mean(1, keepdim=True)
+        size = size / size.amax((2, 3), keepdim=True).clamp_min(1e-12)
+        return (size >= self.params.local_blend).to(change.dtype)
 
     # -- decoding --------------------------------------------------------------------------
 
