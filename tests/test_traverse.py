@@ -211,6 +211,17 @@ def test_local_blend_keeps_the_neutral_run_outside_the_edit(pipe: Any) -> None:
             assert torch.allclose(whole[s][k], plain["wavefront"][s][k], atol=1e-5), (s, k)
 
 
+def test_local_blend_masks_a_mix_branch_where_it_first_moves(pipe: Any) -> None:
+    """Under a mix schedule whose attribute weight is still 0 after the swap, the branch has
+    not moved yet: the mask waits for its first move instead of keeping nothing."""
+    lambdas = [1.0] * 6 + [0.0] * 4  # neutral prompt through step 5, attribute after
+    params = {"steps": 10, "swap_steps": [2], "schedule": "mix", "lambdas": lambdas}
+    got = generate_latents(pipe, [0], NEUTRAL, ATTRIBUTE, {**params, "local_blend": 0.4})[0]
+    plain = generate_latents(pipe, [0], NEUTRAL, ATTRIBUTE, params)[0]
+    same = (got[2] == got["neutral"]).all(0)
+    assert 0 < same.float().mean() < 1 and not torch.equal(got[2], plain[2])
+
+
 def test_paper_settings_50_steps_9_swaps(pipe: Any) -> None:
     params = {"steps": 50, "swap_steps": [5, 10, 15, 20, 25, 30, 35, 40, 45], "batch_size": 1}
     counter = UNetCounter().attach(pipe.unet)

@@ -362,7 +362,9 @@ class TraversalEngine:
         def blend(k: int, x: torch.Tensor, neutral: torch.Tensor) -> torch.Tensor:
             if not p.local_blend:
                 return x
-            if k not in masks:  # branch k's first step: its change is the prompts' difference
+            if k not in masks:  # branch k's first move: its change is the prompts' difference
+                if torch.equal(x, neutral):  # not yet (a mix schedule's lambda still 1)
+                    return x
                 masks[k] = self.blend_mask(x - neutral)
             return torch.lerp(neutral, x, masks[k])
 
