@@ -180,6 +180,30 @@ def test_pretrained_local_file_and_offline_hub(tmp_path: Path) -> None:
     assert source.startswith("scratch (") and "HF_HUB_OFFLINE" in source
 
 
+def test_small_cnn_learns_reloads_and_refuses_imagenet_weights(tmp_path: Path, trained) -> None:
+    """``arch: small_cnn`` (the demos' from-scratch net): learns a small bright bar and a dark
+    spot, says its arch in model.json, reloads to the same probabilities, and refuses
+    ImageNet weights with one line before writing anything."""
+    from medtraverse.evaluation.classify import load_classifier, load_image, train_classifier
+
+    manifest = trained[0]
+    out = tmp_path / "cnn"
+    params = {**QUICK, "arch": "small_cnn", "epochs": 8, "learning_rate": 3e-3}
+    table = train_classifier(manifest, out, ["bar", "spot"], params)
+    assert (table["auroc"] >= 0.9).all(), table
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["arch"] == "small_cnn" and meta["framework"] == "torch"
+    preds = pd.read_parquet(out / "test_predictions.parquet")
+    images = np.stack([load_image(manifest.parent / p, 32) for p in preds["path"]])
+    probs = load_classifier(out).predict_proba(images, batch_size=16)
+    np.testing.assert_array_equal(probs[:, 0], preds["p_bar"].to_numpy(dtype=np.float32))
+    refused = tmp_path / "refused"
+    with one_line_input_error("with arch small_cnn", untouched=[refused]):
+        train_classifier(manifest, refused, ["bar"], {**params, "pretrained": "w.safetensors"})
+    with one_line_input_error("params.arch", untouched=[refused]):
+        train_classifier(manifest, refused, ["bar"], {**params, "arch": "resnet"})
+
+
 def write_shard(
     shard: Path, seeds=(0, 1), ks=(5, 10, 15, 45), frames: int = 4, size: int = 32
 ) -> None:

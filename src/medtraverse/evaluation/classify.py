@@ -1,5 +1,8 @@
 """Train one EfficientNet-B0 attribute classifier on a prepared dataset (METHOD.md section 6).
 
+``arch: small_cnn`` swaps in a plain four-block CNN with global max pooling (backbones.py) for
+the offline demos, which train from scratch on a few hundred small twin images.
+
 ``medtraverse train-classifier --manifest PREP/manifest.parquet --out DIR --attributes a,b
 --params JSON [--name NAME]``
 
@@ -18,7 +21,8 @@ last epoch when there is no val split); ``select: last`` keeps the last epoch.
 
 Writes into ``--out`` (atomically, as one folder):
 
-- ``model.safetensors``: the timm ``efficientnet_b0`` state dict (head: dropout + linear);
+- ``model.safetensors``: the timm ``efficientnet_b0`` (or ``small_cnn``) state dict (head:
+  dropout + linear);
 - ``model.json``: arch, attributes, image_size, mean/std, threshold, weights source, best epoch;
 - ``metrics.csv`` / ``metrics.md`` / ``metrics.tex``: test-split accuracy, F1, AUROC per attribute
   (the poster's table shape: rows Accuracy / F1-score / AUROC, columns attributes);
@@ -66,6 +70,7 @@ import pandas as pd
 from medtraverse.core.device import fused_adam, resolve_device
 from medtraverse.core.errors import InputError, bad_input
 from medtraverse.core.params import load_params, parse_params, setting
+from medtraverse.evaluation.backbones import CLASSIFIER_ARCHS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -115,6 +120,9 @@ class ClassifierParams:
     )
     brightness: float | None = setting(None, min=0, help="colour jitter (preset)")
     contrast: float | None = setting(None, min=0, help="colour jitter (preset)")
+    arch: str = setting(
+        "efficientnet_b0", choices=CLASSIFIER_ARCHS, help="network (small_cnn: demos, scratch)"
+    )
     drop_rate: float = setting(0.3, min=0, max=1, help="dropout before the head")
     pretrained: str | None = setting(None, help="ImageNet weights file, or none")
     select: str = setting("best", choices=("best", "last"), help="which epoch's weights")
@@ -229,9 +237,8 @@ class Classifier:
 
 def load_classifier(folder: str | Path, device: str = "cpu", amp: bool = True) -> Classifier:
     """Load a classifier folder written by ``train_classifier`` (safetensors + model.json)."""
-    import timm
-
     from medtraverse.core.io import read_safetensors
+    from medtraverse.evaluation.backbones import create_classifier
 
     folder = Path(folder)
     meta_path, weights = folder / "model.json", folder / "model.safetensors"
@@ -247,13 +254,11 @@ def load_classifier(folder: str | Path, device: str = "cpu", amp: bool = True) -
     attrs = meta.get("attributes") if isinstance(meta, dict) else None
     if not isinstance(attrs, list) or not attrs:
         raise bad_input(meta_path, "no 'attributes' list", "a classifier's model.json")
-    if meta.get("arch") != "efficientnet_b0":
-        raise bad_input(meta_path, f"arch {meta.get('arch')!r}", "'efficientnet_b0'")
-    model = timm.create_model(
-        "efficientnet_b0",
-        pretrained=False,
-        num_classes=len(meta["attributes"]),
-        drop_rate=float(meta.get("drop_rate", 0.3)),
+    arch = meta.get("arch")
+    if arch not in CLASSIFIER_ARCHS:
+        raise bad_input(meta_path, f"arch {arch!r}", f"one of {', '.join(CLASSIFIER_ARCHS)}")
+    model, _ = create_classifier(
+        arch, len(meta["attributes"]), float(meta.get("drop_rate", 0.3)), None
     )
     state = read_safetensors(weights, "a classifier's weights (safetensors)")
     try:
@@ -422,7 +427,7 @@ def train_classifier(
     from medtraverse.core.io import atomic_path, write_parquet
     from medtraverse.core.seeding import derive_seed
     from medtraverse.core.tables import to_latex, to_markdown
-    from medtraverse.evaluation.backbones import create_efficientnet
+    from medtraverse.evaluation.backbones import create_classifier
     from medtraverse.evaluation.metrics import binary_metrics
 
     manifest, out = Path(manifest), Path(out)
@@ -438,9 +443,9 @@ def train_classifier(
     seed = derive_seed(p.seed, "train-classifier", name)
 
     torch.manual_seed(seed)
-    model, weights_source = create_efficientnet(len(attributes), p.drop_rate, p.pretrained)
+    model, weights_source = create_classifier(p.arch, len(attributes), p.drop_rate, p.pretrained)
     _log(
-        f"{name}: efficientnet_b0, weights {weights_source}, {len(attributes)} output(s) "
+        f"{name}: {p.arch}, weights {weights_source}, {len(attributes)} output(s) "
         f"{','.join(attributes)}, preset {p.preset}, {p.image_size}px, device {device}, amp {amp}"
     )
     # channels-last model and batches: 2.2x faster training on CPU (docs/benchmarks.md)
@@ -557,8 +562,8 @@ def train_classifier(
     )
 
     meta = {
-        "arch": "efficientnet_b0",
-        "framework": "timm",
+        "arch": p.arch,
+        "framework": "timm" if p.arch == "efficientnet_b0" else "torch",
         "attributes": attributes,
         "num_classes": len(attributes),
         "image_size": p.image_size,
