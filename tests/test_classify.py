@@ -204,6 +204,28 @@ def test_small_cnn_learns_reloads_and_refuses_imagenet_weights(tmp_path: Path, t
         train_classifier(manifest, refused, ["bar"], {**params, "arch": "resnet"})
 
 
+def test_blur_augmentation_softens_some_images_and_is_off_in_the_presets() -> None:
+    """``blur`` (the ISIC demo's judge): a random Gaussian blur on about 70% of the training
+    images; the paper's presets leave it off."""
+    import torch
+
+    from medtraverse.evaluation.classify import ClassifierParams, build_augment
+
+    for preset in ("chexpert", "isic"):
+        assert ClassifierParams.from_dict({}).resolved(preset).blur == 0.0
+    isic_off = ClassifierParams.from_dict({"hflip": False, "vflip": False}).resolved("isic")
+    assert build_augment(isic_off) is None
+    p = ClassifierParams.from_dict({"hflip": False, "vflip": False, "blur": 1.5})
+    augment = build_augment(p.resolved("isic"))
+    x = torch.zeros(3, 32, 32)
+    x[:, :, 16:] = 1.0  # a sharp vertical edge
+    torch.manual_seed(0)
+    outs = [augment(x) for _ in range(200)]
+    steps = [float((y[:, :, 16] - y[:, :, 15]).abs().max()) for y in outs]
+    softened = sum(s < 0.99 for s in steps) / len(steps)
+    assert 0.55 < softened < 0.85, softened
+
+
 def write_shard(
     shard: Path, seeds=(0, 1), ks=(5, 10, 15, 45), frames: int = 4, size: int = 32
 ) -> None:

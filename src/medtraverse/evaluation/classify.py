@@ -43,6 +43,7 @@ hflip / vflip          true / false               true / true
 affine_degrees         10                         0
 affine_translate       0.1                        0
 brightness / contrast  0.2 / 0.2                  0 / 0
+blur (max sigma, px)   0                          0
 =====================  =========================  =========================
 
 Common: image_size 512, batch_size 128, eval_batch_size (= batch_size), drop_rate 0.3,
@@ -86,6 +87,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "affine_translate": 0.1,
         "brightness": 0.2,
         "contrast": 0.2,
+        "blur": 0.0,
     },
     "isic": {
         "epochs": 20,
@@ -97,6 +99,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "affine_translate": 0.0,
         "brightness": 0.0,
         "contrast": 0.0,
+        "blur": 0.0,
     },
 }
 
@@ -120,6 +123,9 @@ class ClassifierParams:
     )
     brightness: float | None = setting(None, min=0, help="colour jitter (preset)")
     contrast: float | None = setting(None, min=0, help="colour jitter (preset)")
+    blur: float | None = setting(
+        None, min=0, help="random Gaussian blur, largest sigma in px (preset 0)"
+    )
     arch: str = setting(
         "efficientnet_b0", choices=CLASSIFIER_ARCHS, help="network (small_cnn: demos, scratch)"
     )
@@ -377,6 +383,12 @@ def build_augment(p: ClassifierParams) -> Any:
         parts.append(
             v2.ColorJitter(brightness=float(p.brightness or 0.0), contrast=float(p.contrast or 0.0))
         )
+    if p.blur:
+        # the generator's images are softer than the photographs the judge learns from: a blur
+        # on 70% of the images (sigma 0.3 px up to ``blur``) keeps it reading them (the ISIC demo)
+        kernel = 2 * math.ceil(2 * float(p.blur)) + 1
+        blur = v2.GaussianBlur(kernel, sigma=(min(0.3, float(p.blur)), float(p.blur)))
+        parts.append(v2.RandomApply([blur], p=0.7))
     return v2.Compose(parts) if parts else None
 
 
