@@ -284,9 +284,9 @@ def small_cnn(num_classes: int, drop_rate: float) -> Any:
     conv3x3-BN-ReLU-maxpool blocks, global *max* pooling, dropout and a linear head.
 
     Why: offline there are no ImageNet weights, and an EfficientNet-B0 from scratch on a few
-    hundred 64 px twin images reads the small, coloured artifacts poorly (ink AUROC 0.75-0.81),
-    its global average diluting a few purple pixels; this net reads all of them at AUROC 1.0 in
-    half the time (docs/benchmarks.md). Max pooling asks "is it anywhere in the image"."""
+    hundred 64 px twin images reads the small, coloured artifacts poorly (ink AUROC 0.76-0.88),
+    its global average diluting a few purple pixels; this net reads all of them at AUROC 1.0,
+    in 106 s against 136 s (docs/benchmarks.md). Max pooling asks "is it anywhere"."""
     from torch import nn
 
     layers: list[Any] = []
