@@ -441,7 +441,6 @@ def check_backbones(params: dict[str, Any], lpips: bool = True) -> list[str]:
     else:
         lines.append(f"FID: Inception weights {inception}")
     spec = pretrained_spec(params)
-    check_classifier_arch(str(params.get("arch", "efficientnet_b0")), spec)
     if spec is not None and _is_local(spec) and not spec.startswith(("hf-hub:", "timm/")):
         if not Path(spec).is_file():
             raise bad_input(
