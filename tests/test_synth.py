@@ -13,7 +13,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from medtraverse import cli
-from medtraverse.data.synth import detect, synthesize
+from medtraverse.data.synth import detect, draw, synthesize
 from tests.oneline import assert_one_line_error, run_main
 
 CHEXPERT_COLUMNS = [
@@ -241,6 +241,28 @@ def test_isic_detectors_see_the_drawn_artifacts(isic: Path, size: int) -> None:
         assert roc_auc_score(truth, scores[name]) >= 0.95, name
         assert ((scores[name] > 0.5) == truth).mean() >= 0.9, name
     assert roc_auc_score(f["mel"], scores["mel"]) >= 0.85
+
+
+def test_isic_hair_detector_reads_hair_as_thick_as_a_tiny_model_draws_it(isic: Path) -> None:
+    # a tiny model trained on the twin at 32 px draws hair 3-4 px wide, about twice the twin's
+    f = pd.read_parquet(isic / "factors.parquet")
+    clean = f[f["label"].isin(["MEL", "NV"]) & (f[ARTIFACTS] == 0).all(axis=1)].head(40)
+    assert len(clean) >= 20
+    grid, rng = draw.Grid(32), np.random.default_rng(0)
+    bare, hairy = [], []
+    for rel in clean["path"]:
+        img = _load(isic, rel, 32).astype(np.float64) / 255.0
+        bare.append(detect.detect_isic(img)["hair"])
+        for _ in range(4):  # curves from edge to edge, 0.22 wide (3.5 px at 32)
+            a = rng.uniform(0.0, 2.0 * np.pi)
+            b = a + np.pi + rng.normal(0.0, 0.6)
+            ends = 1.5 * np.array([[np.cos(a), np.sin(a)], [np.cos(b), np.sin(b)]])
+            ctrl = np.stack([ends[0], *rng.uniform(-0.8, 0.8, (2, 2)), ends[1]])
+            cover = draw.stroke(grid, draw.bezier(ctrl, 40), 0.22)
+            draw.paint(img, cover * 0.9, np.array([35, 25, 20]) / 255.0)
+        hairy.append(detect.detect_isic(draw.to_uint8(img))["hair"])
+    assert (np.array(bare) < 0.5).mean() >= 0.9
+    assert (np.array(hairy) > 0.5).mean() >= 0.9
 
 
 # --- both ------------------------------------------------------------------------------------
