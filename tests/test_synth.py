@@ -265,6 +265,28 @@ def test_isic_hair_detector_reads_hair_as_thick_as_a_tiny_model_draws_it(isic: P
     assert (np.array(hairy) > 0.5).mean() >= 0.9
 
 
+def test_isic_ruler_detector_reads_a_ruler_as_a_tiny_vae_decodes_it(isic: Path) -> None:
+    # the demo's VAE turns the twin's white, ticked band into a pale stripe, 2 px wide at 32 px,
+    # a few percent lighter than the skin at about half its saturation: not white at all
+    f = pd.read_parquet(isic / "factors.parquet")
+    clean = f[f["label"].isin(["MEL", "NV"]) & (f[ARTIFACTS] == 0).all(axis=1)].head(40)
+    assert len(clean) >= 20
+    rng = np.random.default_rng(0)
+    bare, striped = [], []
+    for rel in clean["path"]:
+        img = _load(isic, rel, 32)
+        bare.append(detect.detect_isic(img)["ruler"])
+        skin = np.median(img[:6, 6:26].reshape(-1, 3), axis=0)  # the skin above the lesion
+        pale = 0.55 * skin + 0.45 * np.array([237.0, 235.0, 230.0])
+        at = int(rng.integers(1, 5))
+        stripe = img.copy()
+        stripe[:, at : at + 2] = pale.round().astype(np.uint8)
+        turned = np.rot90(stripe, int(rng.integers(0, 4)))  # any of the four edges
+        striped.append(detect.detect_isic(np.ascontiguousarray(turned))["ruler"])
+    assert (np.array(bare) < 0.5).mean() >= 0.9
+    assert (np.array(striped) > 0.5).mean() >= 0.9
+
+
 # --- both ------------------------------------------------------------------------------------
 
 
