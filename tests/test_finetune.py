@@ -294,3 +294,22 @@ def test_cache_cli_takes_the_rule_flags(base: Path, prep: Path, tmp_path: Path) 
     assert cli.main([*argv, "--out", str(out), "--params", '{"flip": false}']) == 0
     meta = json.loads((out / "cache.json").read_text())
     assert meta["rows"] == meta["images"] == 10 and not meta["flip"]
+
+
+@pytest.mark.parametrize(("schedule", "resumes"), [("constant", True), ("cosine", False)])
+def test_a_longer_run_resumes_only_under_a_constant_rate(
+    base: Path, cache: Path, tmp_path: Path, schedule: str, resumes: bool
+) -> None:
+    from medtraverse.models.finetune import finetune
+
+    params = {**FAST, "lr_scheduler": schedule, "checkpointing_steps": 2}
+    out = tmp_path / "run" / "pipeline"
+    finetune(base, out, {**params, "max_train_steps": 2}, cache=cache)
+    finetune(base, out, {**params, "max_train_steps": 4}, cache=cache)
+    record = json.loads((out / "provenance.json").read_text())["extra"]
+    assert record["resumed_from_step"] == (2 if resumes else None)
+    # either way: the weights a fresh 4-step run makes (a cosine rate decays over all 4 steps)
+    fresh = finetune(
+        base, tmp_path / "fresh" / "pipeline", {**params, "max_train_steps": 4}, cache=cache
+    )
+    assert _same(_unet(fresh), _unet(out))

@@ -20,7 +20,11 @@ Reproducible and resumable (a SLURM timeout or preemption followed by a rerun co
   the last ``checkpoints_total_limit`` kept; EMA weights as safetensors in ``unet_ema/``);
 - a rerun loads the latest checkpoint whose training fingerprint (the params that change the
   weights, the base model, the data size, the number of processes) matches, and continues.
-  ``max_train_steps``/``num_train_epochs`` are not in the fingerprint, so a run can be extended.
+  Under a constant learning rate (``constant``, ``constant_with_warmup``) the run's length is
+  not in the fingerprint, so a run can be extended and gives the longer run's weights. Every
+  other schedule decays over the whole run, so its length is in: a 3,600-step cosine run
+  (rate decayed to 0) resumed as a 4,800-step one jumped back to 0.15 x the peak rate and made
+  weights no fresh run makes.
 
 On CPU, N steps in one go and N/2 steps + resume give identical U-Net weights.
 
@@ -66,7 +70,8 @@ if TYPE_CHECKING:
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 LOSS_COLUMNS = ("step", "epoch", "loss", "lr")
-# Params that do not change the trained weights: left out of the resume fingerprint.
+# Params that do not change the trained weights: left out of the resume fingerprint (the run's
+# length is put back in, as ``total_steps``, unless the schedule is constant).
 NOT_IN_FINGERPRINT = {
     "num_train_epochs",
     "max_train_steps",
@@ -80,9 +85,9 @@ NOT_IN_FINGERPRINT = {
 }
 
 
+CONSTANT_SCHEDULERS = ("constant", "constant_with_warmup")  # rates that ignore the run's length
 LR_SCHEDULERS = (
-    "constant",
-    "constant_with_warmup",
+    *CONSTANT_SCHEDULERS,
     "linear",
     "cosine",
     "cosine_with_restarts",
@@ -455,14 +460,15 @@ def finetune(
     )
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
 
-    fingerprint = params_sha256(
-        {
-            "params": spec.fingerprint(),
-            "base": resolve_base(model),
-            "entries": inputs.n,
-            "num_processes": world,
-        }
-    )
+    trained = {
+        "params": spec.fingerprint(),
+        "base": resolve_base(model),
+        "entries": inputs.n,
+        "num_processes": world,
+    }
+    if spec.lr_scheduler not in CONSTANT_SCHEDULERS:  # the rate at each step depends on the total
+        trained["total_steps"] = total_steps
+    fingerprint = params_sha256(trained)
     global_step = 0
     resumed = latest_checkpoint(ckpt_dir, fingerprint)
     if resumed is not None:
