@@ -243,11 +243,17 @@ def test_isic_detectors_see_the_drawn_artifacts(isic: Path, size: int) -> None:
     assert roc_auc_score(f["mel"], scores["mel"]) >= 0.85
 
 
-def test_isic_hair_detector_reads_hair_as_thick_as_a_tiny_model_draws_it(isic: Path) -> None:
-    # a tiny model trained on the twin at 32 px draws hair 3-4 px wide, about twice the twin's
+def _artifact_free(isic: Path) -> pd.DataFrame:
+    """Up to 40 MEL/NV twin images with no artifact drawn, to draw one on (at least 20)."""
     f = pd.read_parquet(isic / "factors.parquet")
     clean = f[f["label"].isin(["MEL", "NV"]) & (f[ARTIFACTS] == 0).all(axis=1)].head(40)
     assert len(clean) >= 20
+    return clean
+
+
+def test_isic_hair_detector_reads_hair_as_thick_as_a_tiny_model_draws_it(isic: Path) -> None:
+    # a tiny model trained on the twin at 32 px draws hair 3-4 px wide, about twice the twin's
+    clean = _artifact_free(isic)
     grid, rng = draw.Grid(32), np.random.default_rng(0)
     bare, hairy = [], []
     for rel in clean["path"]:
@@ -268,9 +274,7 @@ def test_isic_hair_detector_reads_hair_as_thick_as_a_tiny_model_draws_it(isic: P
 def test_isic_ruler_detector_reads_a_ruler_as_a_tiny_vae_decodes_it(isic: Path) -> None:
     # the demo's VAE turns the twin's white, ticked band into a pale stripe, 2 px wide at 32 px,
     # a few percent lighter than the skin at about half its saturation: not white at all
-    f = pd.read_parquet(isic / "factors.parquet")
-    clean = f[f["label"].isin(["MEL", "NV"]) & (f[ARTIFACTS] == 0).all(axis=1)].head(40)
-    assert len(clean) >= 20
+    clean = _artifact_free(isic)
     rng = np.random.default_rng(0)
     bare, striped = [], []
     for rel in clean["path"]:
